@@ -1,0 +1,315 @@
+"""API request, response and error types shared by the daemon and the CLI (seed ORCH-CORE-004).
+
+Requests are pydantic models that validate on construction *and* on :meth:`validate`; both
+turn every problem into :class:`~orchestrator_core.errors.RequestInvalid`, one
+:class:`~orchestrator_core.errors.FieldError` per bad field with a stable code and a message
+that names the field (``temperature: must be between 0 and 2, got 5.0``). The daemon and the
+CLI therefore reject bad input with the same code and the same words.
+
+JSON Schemas of every request/response type come from :func:`json_schemas`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
+
+from orchestrator_core.errors import ErrorCode, FieldError, RequestInvalid
+
+__all__ = [
+    "MAX_STOP_SEQUENCES",
+    "SEED_MAX",
+    "ApiModel",
+    "ErrorBody",
+    "ErrorEnvelope",
+    "JobError",
+    "JobStatusResponse",
+    "TaskSubmitRequest",
+    "TaskSubmitResponse",
+    "WorkerSpawnRequest",
+    "WorkerSpawnResponse",
+    "field_error",
+    "json_schemas",
+]
+
+SEED_MAX = 2**64 - 1
+"""Largest seed: seeds are unsigned 64-bit integers."""
+
+MAX_STOP_SEQUENCES = 4
+"""At most this many stop strings per request."""
+
+PriorityName = Literal["interactive", "batch"]
+StatusName = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def field_error(model: type[BaseModel], err: ErrorDetails) -> FieldError:
+    """Turn one pydantic error on ``model`` into a :class:`FieldError` naming the field path,
+    the rule and the bad value (shared by the API types and the configuration)."""
+    loc = ".".join(str(p) for p in err["loc"]) or "body"
+    kind = err["type"]
+    ctx = err.get("ctx", {})
+    got = _describe(err.get("input"))
+    top = str(err["loc"][0]) if err["loc"] else ""
+    lo, hi = _bounds(model, tuple(err["loc"]))
+    if kind == "missing":
+        return FieldError(loc, ErrorCode.INVALID_REQUEST, f"{loc}: is required")
+    if kind == "extra_forbidden":
+        return FieldError(loc, ErrorCode.INVALID_REQUEST, f"{loc}: unknown field")
+    if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
+        if lo is not None and hi is not None:
+            msg = f"{loc}: must be between {lo} and {hi}, got {got}"
+        elif lo is not None:
+            msg = f"{loc}: must be >= {lo}, got {got}"
+        else:
+            msg = f"{loc}: must be <= {hi}, got {got}"
+        return FieldError(loc, ErrorCode.INVALID_PARAMETER, msg)
+    if kind == "too_long" and top == "stop":
+        n = len(err["input"]) if isinstance(err.get("input"), list) else "more"
+        msg = f"stop: at most {MAX_STOP_SEQUENCES} stop strings, got {n}"
+        return FieldError(loc, ErrorCode.INVALID_PARAMETER, msg)
+    if kind == "string_too_short":
+        return FieldError(loc, ErrorCode.INVALID_PARAMETER, f"{loc}: must not be empty")
+    if kind == "string_too_long":
+        limit = ctx.get("max_length")
+        msg = f"{loc}: must be at most {limit} characters"
+        return FieldError(loc, ErrorCode.INVALID_PARAMETER, msg)
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace("'", "")
+        msg = f"{loc}: must be one of {expected}, got {got}"
+        return FieldError(loc, ErrorCode.INVALID_PARAMETER, msg)
+    if kind == "string_pattern_mismatch":
+        msg = f"{loc}: must match {ctx.get('pattern')}, got {got}"
+        return FieldError(loc, ErrorCode.INVALID_PARAMETER, msg)
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "model_type":
+        expected = kind.removesuffix("_type").removesuffix("_parsing").replace("_", " ")
+        code = ErrorCode.INVALID_REQUEST if kind == "model_type" else ErrorCode.INVALID_PARAMETER
+        return FieldError(loc, code, f"{loc}: must be {_article(expected)}, got {got}")
+    if kind == "value_error":
+        reason = str(ctx.get("error", err["msg"]))
+        return FieldError(loc, ErrorCode.INVALID_PARAMETER, f"{loc}: {reason}")
+    return FieldError(loc, ErrorCode.INVALID_PARAMETER, f"{loc}: {err['msg'].lower()}")
+
+
+@functools.cache
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
+
+
+def _bounds(model: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[Any, Any]:
+    """(lower, upper) bounds of the numeric field at ``loc``, read from the JSON Schema."""
+    schema = _schema(model)
+    defs = schema.get("$defs", {})
+
+    def deref(node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref")
+        return defs.get(ref.rsplit("/", 1)[-1], {}) if isinstance(ref, str) else node
+
+    def options(node: dict[str, Any]) -> list[dict[str, Any]]:
+        node = deref(node)
+        return [node, *(deref(o) for o in node.get("anyOf", []))]
+
+    nodes = [schema]
+    for part in loc:
+        nxt: list[dict[str, Any]] = []
+        for node in (o for n in nodes for o in options(n)):
+            if isinstance(part, int) and "items" in node:
+                nxt.append(node["items"])
+            elif isinstance(part, str) and part in node.get("properties", {}):
+                nxt.append(node["properties"][part])
+            elif isinstance(part, str) and isinstance(node.get("additionalProperties"), dict):
+                nxt.append(node["additionalProperties"])
+        nodes = nxt
+    for option in (o for n in nodes for o in options(n)):
+        lo = option.get("minimum", option.get("exclusiveMinimum"))
+        hi = option.get("maximum", option.get("exclusiveMaximum"))
+        if lo is not None or hi is not None:
+            return lo, hi
+    return None, None
+
+
+def _article(noun: str) -> str:
+    names = {
+        "int": "an integer",
+        "float": "a number",
+        "string": "a string",
+        "bool": "a boolean",
+        "list": "a list",
+        "dict": "an object",
+        "model": "a JSON object",
+    }
+    return names.get(noun, f"a valid {noun}")
+
+
+def _request_invalid(model: type[BaseModel], exc: ValidationError) -> RequestInvalid:
+    return RequestInvalid([field_error(model, e) for e in exc.errors()])
+
+
+class ApiModel(BaseModel):
+    """Base of the API types: strict types, unknown fields refused, errors as RequestInvalid.
+
+    Construction raises :class:`RequestInvalid` (never pydantic's own error), so callers of
+    the library see one error type with stable codes.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=False)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _request_invalid(type(self), exc) from None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any] | str | bytes) -> Self:
+        """Validate a decoded JSON object, or JSON text, into this type.
+
+        Raises :class:`RequestInvalid` with ``INVALID_REQUEST`` for malformed JSON or a body
+        that is not an object, and one field error per bad field otherwise.
+        """
+        if isinstance(data, str | bytes):
+            try:
+                data = json.loads(data)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RequestInvalid(
+                    [FieldError("body", ErrorCode.INVALID_REQUEST, f"body: malformed JSON ({exc})")]
+                ) from None
+        if not isinstance(data, Mapping):
+            raise RequestInvalid(
+                [FieldError("body", ErrorCode.INVALID_REQUEST, "body: must be a JSON object")]
+            )
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise _request_invalid(cls, exc) from None
+
+    def validate(self) -> Self:  # type: ignore[override]  # pydantic's deprecated classmethod
+        """Validate the current field values again (they may have been assigned since
+        construction). Returns ``self``; raises :class:`RequestInvalid` listing every bad field.
+        """
+        try:
+            type(self).model_validate(self.model_dump())
+        except ValidationError as exc:
+            raise _request_invalid(type(self), exc) from None
+        return self
+
+
+class TaskSubmitRequest(ApiModel):
+    """``POST /v2/tasks``: one inference task. ``model``, ``prompt`` and ``max_tokens`` are
+    required; everything else has a default."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256, description="Model ref or alias")]
+    prompt: Annotated[str, Field(min_length=1, max_length=1_000_000)]
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)]
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    top_k: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    repetition_penalty: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    stop: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]],
+        Field(max_length=MAX_STOP_SEQUENCES),
+    ] = Field(default_factory=list)
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
+    priority: PriorityName = "interactive"
+    session_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")] | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=1800)] | None = Field(
+        default=None, description="Per-job timeout; defaults to the server's timeout.default_s"
+    )
+
+
+class TaskSubmitResponse(ApiModel):
+    """``202`` reply to a submission: the job is durably queued."""
+
+    job_id: str
+    status: Literal["queued"] = "queued"
+    queue_position: Annotated[int, Field(ge=0, description="Jobs ahead of this one (0 = next)")]
+    events_url: str
+
+
+class JobError(ApiModel):
+    """Why a job failed or was cancelled."""
+
+    code: str
+    message: str
+
+
+class JobStatusResponse(ApiModel):
+    """``GET /v2/tasks/{id}``: the state of one job. The prompt itself is never returned."""
+
+    job_id: str
+    status: StatusName
+    model: str
+    priority: PriorityName
+    session_id: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_position: int | None = None
+    attempts: int = 0
+    pool_id: str | None = None
+    worker_id: str | None = None
+    tokens_generated: int = 0
+    prompt_hash: str
+    error: JobError | None = None
+    explanation: dict[str, Any] | None = Field(
+        default=None, description="The scheduler's last explanation for this job"
+    )
+
+    _terminal: ClassVar[frozenset[str]] = frozenset({"completed", "failed", "cancelled"})
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job is completed, failed or cancelled."""
+        return self.status in self._terminal
+
+
+class WorkerSpawnRequest(ApiModel):
+    """Ask a pool to start a worker serving ``model_ref`` on ``gpu_id``."""
+
+    model_ref: Annotated[str, Field(min_length=1, max_length=256)]
+    pool_id: Annotated[str, Field(min_length=1, max_length=128)]
+    gpu_id: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class WorkerSpawnResponse(ApiModel):
+    """A pool's answer to a worker start: the new worker's id."""
+
+    worker_id: str
+
+
+class ErrorBody(ApiModel):
+    """The ``error`` member of the error envelope."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    correlation_id: str | None = None
+
+
+class ErrorEnvelope(ApiModel):
+    """Every API error: ``{"error": {"code", "message", "details", "correlation_id"}}``."""
+
+    error: ErrorBody
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every request/response type, keyed by type name."""
+    types: list[type[BaseModel]] = [
+        TaskSubmitRequest,
+        TaskSubmitResponse,
+        JobStatusResponse,
+        JobError,
+        WorkerSpawnRequest,
+        WorkerSpawnResponse,
+        ErrorEnvelope,
+    ]
+    return {t.__name__: t.model_json_schema() for t in types}
