@@ -55,7 +55,7 @@ def _describe(value: Any) -> str:
 def field_error(model: type[BaseModel], err: ErrorDetails) -> FieldError:
     """Turn one pydantic error on ``model`` into a :class:`FieldError` naming the field path,
     the rule and the bad value (shared by the API types and the configuration)."""
-    loc = ".".join(str(p) for p in err["loc"]) or "body"
+    loc = _path(err["loc"])
     kind = err["type"]
     ctx = err.get("ctx", {})
     got = _describe(err.get("input"))
@@ -78,7 +78,13 @@ def field_error(model: type[BaseModel], err: ErrorDetails) -> FieldError:
         msg = f"stop: at most {MAX_STOP_SEQUENCES} stop strings, got {n}"
         return FieldError(loc, ErrorCode.INVALID_PARAMETER, msg)
     if kind == "string_too_short":
-        return FieldError(loc, ErrorCode.INVALID_PARAMETER, f"{loc}: must not be empty")
+        least = ctx.get("min_length", 1)
+        msg = (
+            f"{loc}: must not be empty"
+            if least == 1
+            else f"{loc}: must be at least {least} characters"
+        )
+        return FieldError(loc, ErrorCode.INVALID_PARAMETER, msg)
     if kind == "string_too_long":
         limit = ctx.get("max_length")
         msg = f"{loc}: must be at most {limit} characters"
@@ -98,6 +104,14 @@ def field_error(model: type[BaseModel], err: ErrorDetails) -> FieldError:
         reason = str(ctx.get("error", err["msg"]))
         return FieldError(loc, ErrorCode.INVALID_PARAMETER, f"{loc}: {reason}")
     return FieldError(loc, ErrorCode.INVALID_PARAMETER, f"{loc}: {err['msg'].lower()}")
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """``("auth", "clients", 0, "token")`` -> ``"auth.clients[0].token"``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
 
 
 @functools.cache

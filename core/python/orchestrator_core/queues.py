@@ -4,9 +4,9 @@
 cancel, len and position). :class:`InMemoryJobQueue` implements it with every operation in
 O(log n) of the queue length:
 
-* one sorted list of ``(class, tag, seq)`` keys orders the queue — class 0 is interactive
-  (and promoted batch), class 1 is batch; ``tag`` comes from the fairness hook (the arrival
-  sequence number for plain FIFO); the sorted list's index of a key is the job's position;
+* one sorted list of ``(class, tag, seq)`` keys, packed into one int, orders the queue —
+  class 0 is interactive (and promoted batch), class 1 is batch; ``tag`` comes from the
+  fairness hook (the arrival sequence number for plain FIFO); a key's index is the job's position;
 * a dict ``job_id -> entry`` finds any job in O(1), so removing a job from the middle of a
   million-job queue does not scan it;
 * an ordered dict of not-yet-promoted batch jobs, oldest first, finds the oldest batch job
@@ -187,10 +187,20 @@ class WeightedFairness:
             self._vtime[cls] = max(self._vtime[cls], start)
 
 
+_SEQ_BITS = 48
+_TAG_SCALE = 1 << 16  # fairness tags keep 16 fractional bits; ties fall back to arrival order
+
+
+def _order_key(cls: int, tag: float, seq: int) -> int:
+    """Pack (class, tag, seq) into one int that sorts the same way: one small object per job
+    instead of a tuple of four keeps the sorted list compact and comparisons cheap."""
+    return (cls << 160) | (int(tag * _TAG_SCALE) << _SEQ_BITS) | seq
+
+
 @dataclass(slots=True)
 class _Entry:
     job: Job
-    key: tuple[int, float, int, str]
+    key: int
     seq: int
 
 
@@ -221,6 +231,7 @@ class InMemoryJobQueue:
         self._fair: FairnessHook = fairness or FifoFairness()
         self._clock = clock
         self._order: SortedList = SortedList()
+        self._by_key: dict[int, str] = {}
         self._entries: dict[str, _Entry] = {}
         self._waiting_batch: OrderedDict[str, None] = OrderedDict()
         self._seq = itertools.count()
@@ -239,21 +250,24 @@ class InMemoryJobQueue:
                 break
             del self._waiting_batch[job_id]
             self._order.remove(entry.key)
-            entry.key = (0, self._fair.tag(entry.job, 0, entry.seq), entry.seq, job_id)
+            del self._by_key[entry.key]
+            entry.key = _order_key(0, self._fair.tag(entry.job, 0, entry.seq), entry.seq)
             self._order.add(entry.key)
+            self._by_key[entry.key] = job_id
 
     def _take(self, job_id: str, *, served: bool) -> Job:
         entry = self._entries.pop(job_id, None)
         if entry is None:
             raise JobNotFound(job_id)
         self._order.remove(entry.key)
+        del self._by_key[entry.key]
         self._waiting_batch.pop(job_id, None)
         self._depth[entry.job.priority] -= 1
         self._fair.forget(entry.job, served=served)
         return entry.job
 
     def _head_id(self) -> str | None:
-        return str(self._order[0][3]) if self._order else None
+        return self._by_key[self._order[0]] if self._order else None
 
     # -- protocol ------------------------------------------------------------------------
 
@@ -278,8 +292,9 @@ class InMemoryJobQueue:
                 raise QueueFull(self.capacity, self.retry_after_s)
         seq = next(self._seq)
         cls = job.priority.rank
-        key = (cls, self._fair.tag(job, cls, seq), seq, job.job_id)
+        key = _order_key(cls, self._fair.tag(job, cls, seq), seq)
         self._entries[job.job_id] = _Entry(job, key, seq)
+        self._by_key[key] = job.job_id
         self._depth[job.priority] += 1
         if cls == 1:
             self._waiting_batch[job.job_id] = None
@@ -332,12 +347,12 @@ class InMemoryJobQueue:
     def __iter__(self) -> Iterator[Job]:
         self._promote_due()
         for key in list(self._order):
-            yield self._entries[key[3]].job
+            yield self._entries[self._by_key[key]].job
 
     def head(self, n: int) -> list[Job]:
         """The first ``n`` jobs in dequeue order, in O(n + log len)."""
         self._promote_due()
-        return [self._entries[k[3]].job for k in self._order.islice(0, n)]
+        return [self._entries[self._by_key[k]].job for k in self._order.islice(0, n)]
 
     def depth(self, priority: Priority) -> int:
         """Queued jobs submitted with ``priority`` (promoted batch jobs still count as batch)."""
