@@ -1,0 +1,16 @@
+"""llorch — the command-line client of llama-orch's orchestratord.
+
+``llorch DOMAIN ACTION [ARGS]``: ``jobs`` (submit, watch, status, list, cancel), ``pools``
+(list, show), ``scheduler`` (show, validate, dry-run, apply), ``config`` (validate, show).
+Types and validation come from orchestrator_core; all HTTP goes through
+:class:`llorch.client.OrchestratorClient`. Exit codes: :class:`llorch.exitcodes.ExitCode`.
+
+The public API is exactly ``__all__``.
+"""
+
+__version__ = "0.1.0"
+
+from llorch.client import JobPage, OrchestratorClient
+from llorch.exitcodes import ExitCode
+
+__all__ = ["ExitCode", "JobPage", "OrchestratorClient", "__version__"]

@@ -1,0 +1,5 @@
+"""``python -m llorch`` runs the CLI."""
+
+from llorch.app import main
+
+main()

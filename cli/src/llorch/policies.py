@@ -1,0 +1,61 @@
+"""Offline policy tools: a thin adapter over ``orchestrator_core.rhai``.
+
+``llorch scheduler validate`` and ``dry-run`` run the policy through the library, without a
+daemon. When this build of orchestrator_core has no policy tools, both report that clearly
+(:class:`~llorch.errors.FeatureUnavailable`, exit code 8) instead of pretending.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from llorch.errors import FeatureUnavailable, UsageProblem
+
+__all__ = ["PolicyReport", "dry_run", "policy_kind", "read_policy", "validate"]
+
+PolicyReport = dict[str, Any]
+"""Plain-data result of a validation or dry-run (printed as-is with ``--json``)."""
+
+
+def _tools() -> ModuleType:
+    try:
+        return importlib.import_module("orchestrator_core.rhai")
+    except ImportError:
+        raise FeatureUnavailable(
+            "the offline policy tools (orchestrator_core.rhai) are not available in this build; "
+            "`llorch scheduler apply FILE` still has the daemon validate the policy"
+        ) from None
+
+
+def policy_kind(path: Path) -> str:
+    """``rhai`` for a ``.rhai`` script, ``rules`` for a ``.yaml``/``.yml`` rule file."""
+    suffix = path.suffix.lower()
+    if suffix == ".rhai":
+        return "rhai"
+    if suffix in (".yaml", ".yml"):
+        return "rules"
+    raise UsageProblem(f"{path}: expected a .rhai script or a .yaml/.yml rule file")
+
+
+def read_policy(path: Path) -> str:
+    """The policy file's text, or a usage error naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageProblem(f"{path}: cannot read policy: {reason}") from None
+
+
+def validate(path: Path) -> PolicyReport:
+    """Compile and check a policy offline; ``{"valid": bool, "problems": [...], ...}``."""
+    _tools()
+    raise FeatureUnavailable("policy validation is not wired in this build")  # pragma: no cover
+
+
+def dry_run(path: Path, snapshot: Any) -> PolicyReport:
+    """Run a policy on a saved snapshot offline; ``{"decision": ..., "logs": [...], ...}``."""
+    _tools()
+    raise FeatureUnavailable("policy dry-run is not wired in this build")  # pragma: no cover
