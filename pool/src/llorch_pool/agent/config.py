@@ -1,0 +1,267 @@
+"""Configuration of the pool agent, read from a TOML file.
+
+Example (see docs/pool-agent.md for every key)::
+
+    pool_id = "home-1"
+    orchestrator_url = "http://127.0.0.1:8080"
+    listen_host = "127.0.0.1"
+    listen_port = 9300
+    heartbeat_interval_s = 5.0
+
+    [[gpus]]                       # used when nvidia-smi is absent (gpu_detection = "auto")
+    gpu_id = "0"
+    vram_gb = 8
+
+    [models."gemma3-270m"]
+    command = ["{python}", "-m", "llama_cpp.server", "--model", "/models/gemma3.gguf",
+               "--host", "{host}", "--port", "{port}"]
+    vram_gb = 0.6
+    protocol = "openai"
+
+    [[static_workers]]             # an engine that already runs; the agent only reports it
+    model_ref = "llama-3-8b"
+    uri = "http://127.0.0.1:8000"
+    protocol = "openai"
+
+Every problem is reported at once with its key path, as :class:`ConfigInvalid`
+(``models.gemma3-270m.vram_gb: must be >= 0, got -1``). The token may come from the
+environment (``token_env``, default ``LLORCH_POOL_TOKEN``) instead of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from orchestrator_core.api import field_error
+from orchestrator_core.errors import ConfigInvalid
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llorch_pool.protocol import WorkerProtocol
+
+__all__ = [
+    "COMMAND_PLACEHOLDERS",
+    "GpuConfig",
+    "ModelLaunchConfig",
+    "PoolAgentConfig",
+    "StaticWorkerConfig",
+]
+
+COMMAND_PLACEHOLDERS = ("python", "host", "port", "model_ref", "gpu_id", "worker_id")
+"""Names usable as ``{name}`` in a model's launch command."""
+
+_GB = 1_000_000_000
+_Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+_ProtocolName = Literal["llorch", "openai"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _vram(vram_bytes: int | None, vram_gb: float | None, *, required: bool) -> int | None:
+    if vram_bytes is not None and vram_gb is not None:
+        raise ValueError("give vram_bytes or vram_gb, not both")
+    if vram_bytes is not None:
+        return vram_bytes
+    if vram_gb is not None:
+        return round(vram_gb * _GB)
+    if required:
+        raise ValueError("vram_bytes or vram_gb is required")
+    return None
+
+
+class GpuConfig(_Section):
+    """A GPU's configured capacity (used when ``nvidia-smi`` is absent or not wanted)."""
+
+    gpu_id: _Id
+    name: str = "gpu"
+    vram_bytes: Annotated[int, Field(ge=0)] | None = None
+    vram_gb: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_size(self) -> Self:
+        _vram(self.vram_bytes, self.vram_gb, required=True)
+        return self
+
+    @property
+    def vram_total_bytes(self) -> int:
+        """The capacity in bytes."""
+        return _vram(self.vram_bytes, self.vram_gb, required=True) or 0
+
+
+class ModelLaunchConfig(_Section):
+    """How to start an engine for one model. ``command`` is an argument list (or a string
+    split like a shell would, without running one) whose ``{placeholders}`` are filled in
+    at launch: see :data:`COMMAND_PLACEHOLDERS`."""
+
+    command: list[Annotated[str, Field(min_length=1)]] | Annotated[str, Field(min_length=1)]
+    vram_bytes: Annotated[int, Field(ge=0)] | None = None
+    vram_gb: Annotated[float, Field(ge=0)] | None = None
+    protocol: _ProtocolName = "openai"
+    ready_path: str | None = Field(
+        default=None, description="Readiness/health path; default /health (llorch) or /v1/models"
+    )
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    max_concurrency: Annotated[int, Field(ge=1)] = 1
+    ready_timeout_s: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _vram(self.vram_bytes, self.vram_gb, required=True)
+        if not self.argv:
+            raise ValueError("command must not be empty")
+        values = dict.fromkeys(COMMAND_PLACEHOLDERS, "x")
+        for arg in self.argv:
+            try:
+                arg.format_map(values)
+            except (KeyError, IndexError, ValueError) as exc:
+                known = ", ".join("{" + p + "}" for p in COMMAND_PLACEHOLDERS)
+                raise ValueError(f"bad placeholder in {arg!r} ({exc}); known: {known}") from None
+        return self
+
+    @property
+    def argv(self) -> list[str]:
+        """The command as an argument list (placeholders not yet filled in)."""
+        return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+
+    @property
+    def vram_total_bytes(self) -> int:
+        """Declared VRAM in bytes."""
+        return _vram(self.vram_bytes, self.vram_gb, required=True) or 0
+
+    @property
+    def worker_protocol(self) -> WorkerProtocol:
+        """The protocol as an enum."""
+        return WorkerProtocol(self.protocol)
+
+    @property
+    def health_path(self) -> str:
+        """Path polled for readiness and liveness."""
+        if self.ready_path:
+            return self.ready_path
+        return "/health" if self.protocol == "llorch" else "/v1/models"
+
+
+class StaticWorkerConfig(_Section):
+    """An engine that already runs (not started by the agent): reported as a worker while it
+    answers its health path, ``failed`` while it does not. The agent never stops it."""
+
+    model_ref: Annotated[str, Field(min_length=1, max_length=256)]
+    uri: Annotated[str, Field(pattern=r"^https?://")]
+    protocol: _ProtocolName = "openai"
+    worker_id: _Id | None = None
+    gpu_id: _Id | None = None
+    vram_bytes: Annotated[int, Field(ge=0)] | None = None
+    vram_gb: Annotated[float, Field(ge=0)] | None = None
+    max_concurrency: Annotated[int, Field(ge=1)] = 1
+    health_path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_size(self) -> Self:
+        _vram(self.vram_bytes, self.vram_gb, required=False)
+        return self
+
+    @property
+    def vram_total_bytes(self) -> int:
+        """Declared VRAM in bytes (0 if not given)."""
+        return _vram(self.vram_bytes, self.vram_gb, required=False) or 0
+
+    @property
+    def probe_path(self) -> str:
+        """Path polled for liveness."""
+        if self.health_path:
+            return self.health_path
+        return "/health" if self.protocol == "llorch" else "/v1/models"
+
+
+class PoolAgentConfig(_Section):
+    """The whole agent configuration. Times are seconds."""
+
+    pool_id: _Id
+    orchestrator_url: Annotated[str, Field(pattern=r"^https?://")]
+    token: str | None = Field(default=None, description="Bearer token towards the orchestrator")
+    token_env: str | None = "LLORCH_POOL_TOKEN"  # noqa: S105  (a variable name)
+    api_token: str | None = Field(
+        default=None, description="If set, callers of the pool API must send this bearer token"
+    )
+    listen_host: str = "127.0.0.1"
+    listen_port: Annotated[int, Field(ge=0, le=65535)] = 9300
+    advertise_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    heartbeat_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    health_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    max_backoff_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    ready_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    stop_grace_s: Annotated[float, Field(ge=0)] = 10.0
+    failed_worker_ttl_s: Annotated[float, Field(gt=0)] = 600.0
+    unregister_on_exit: bool = True
+    gpu_detection: Literal["auto", "nvidia-smi", "config"] = "auto"
+    engine_host: str = "127.0.0.1"
+    log_dir: str | None = None
+    gpus: list[GpuConfig] = Field(default_factory=list)
+    models: dict[Annotated[str, Field(min_length=1, max_length=256)], ModelLaunchConfig] = Field(
+        default_factory=dict
+    )
+    static_workers: list[StaticWorkerConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        ids = [g.gpu_id for g in self.gpus]
+        if len(set(ids)) != len(ids):
+            raise ValueError("gpus: gpu_id values must be unique")
+        known = set(ids)
+        for w in self.static_workers:
+            if w.gpu_id is not None and known and w.gpu_id not in known:
+                raise ValueError(f"static_workers: gpu_id {w.gpu_id!r} is not one of gpus")
+        return self
+
+    @classmethod
+    def from_mapping(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> PoolAgentConfig:
+        """Validate a decoded mapping; fill ``token`` from ``env[token_env]`` when the file
+        has none. Raises :class:`ConfigInvalid` listing every problem with its key path."""
+        try:
+            config = cls.model_validate(dict(data))
+        except ValidationError as exc:
+            problems = [field_error(cls, e).message for e in exc.errors()]
+            raise ConfigInvalid(problems, source=source) from None
+        env = os.environ if env is None else env
+        if config.token is None and config.token_env and env.get(config.token_env):
+            config = config.model_copy(update={"token": env[config.token_env]})
+        return config
+
+    @classmethod
+    def from_toml(
+        cls, text: str, *, source: str | None = None, env: Mapping[str, str] | None = None
+    ) -> PoolAgentConfig:
+        """Parse TOML text (see :meth:`from_mapping`)."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigInvalid([f"not valid TOML: {exc}"], source=source) from None
+        return cls.from_mapping(data, source=source, env=env)
+
+    @classmethod
+    def load(cls, path: str | Path, *, env: Mapping[str, str] | None = None) -> PoolAgentConfig:
+        """Read and parse the TOML file at ``path``."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigInvalid([f"cannot read: {exc.strerror}"], source=str(p)) from None
+        return cls.from_toml(text, source=str(p), env=env)
+
+    @property
+    def endpoint(self) -> str | None:
+        """The URL the orchestrator should use for this pool (None: derive from the socket)."""
+        return self.advertise_url

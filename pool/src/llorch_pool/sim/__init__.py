@@ -1,0 +1,37 @@
+"""The simulator of engines and pools — a test and benchmark tool, not an engine.
+
+* :class:`SimulatedEngine` — an ASGI app serving one model over the native worker protocol
+  and the OpenAI-compatible one, with configurable timings (:class:`SimEngineConfig`) and
+  fault injection (:class:`EngineFaults`).
+* :class:`SimulatedPool` — the real pool agent whose engines are simulated engines started
+  in-process on their own ports, on N simulated GPUs; heartbeat faults via
+  :class:`SimPoolFaults`.
+* ``llorch-sim engine …`` / ``llorch-sim pool …`` — the same as programs.
+"""
+
+from llorch_pool.sim.engine import EngineFaults, EngineStats, SimEngineConfig, SimulatedEngine
+from llorch_pool.sim.pool import (
+    InProcessEngineHandle,
+    SimModel,
+    SimPoolFaults,
+    SimulatedEngineLauncher,
+    SimulatedPool,
+    parse_models,
+)
+from llorch_pool.sim.tokens import VOCABULARY, StopScanner, TokenSource
+
+__all__ = [
+    "VOCABULARY",
+    "EngineFaults",
+    "EngineStats",
+    "InProcessEngineHandle",
+    "SimEngineConfig",
+    "SimModel",
+    "SimPoolFaults",
+    "SimulatedEngine",
+    "SimulatedEngineLauncher",
+    "SimulatedPool",
+    "StopScanner",
+    "TokenSource",
+    "parse_models",
+]
