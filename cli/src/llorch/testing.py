@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +23,12 @@ from urllib.parse import unquote
 
 import httpx
 from orchestrator_core import RequestInvalid, TaskSubmitRequest, prompt_sha256
+from typer.testing import CliRunner, Result
 
-__all__ = ["FakeJob", "FakeOrchestratord"]
+from llorch.app import app
+from llorch.session import Seams
+
+__all__ = ["FakeJob", "FakeOrchestratord", "invoke"]
 
 _TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -284,3 +289,31 @@ class FakeOrchestratord:
             headers={"Content-Type": "text/event-stream"},
             stream=_EventStream(chunks, fault),
         )
+
+
+def invoke(
+    fake: FakeOrchestratord | None,
+    *args: str,
+    env: dict[str, str | None] | None = None,
+    stdin: str | None = None,
+) -> Result:
+    """Run ``llorch ARGS`` through typer's CliRunner against ``fake`` (the unit-test seam).
+
+    ``fake=None`` uses httpx's real network transport (e.g. to hit a closed port). The
+    environment starts without ``LLORCH_*``/``NO_COLOR`` and with ``XDG_CONFIG_HOME`` pointing
+    nowhere, so the developer's own settings never leak into a test.
+    """
+    base: dict[str, str | None] = {
+        "LLORCH_URL": None,
+        "LLORCH_TOKEN": None,
+        "LLORCH_TIMEOUT": None,
+        "NO_COLOR": None,
+        "XDG_CONFIG_HOME": "/nonexistent-llorch-test-config",
+    }
+    base.update(env or {})
+    seams = Seams(
+        transport=fake.transport() if fake is not None else None,
+        sleep=lambda _s: None,
+        clock=(lambda: fake.now) if fake is not None else time.time,
+    )
+    return CliRunner().invoke(app, list(args), env=base, input=stdin, obj=seams)

@@ -1,0 +1,59 @@
+"""`llorch scheduler show|validate|dry-run|apply` through CliRunner (fake daemon seam)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from llorch.exitcodes import ExitCode
+from llorch.testing import FakeOrchestratord, invoke
+
+POLICY = """
+fn schedule(ctx) {
+    #{ action: "wait", reason: "testing" }
+}
+"""
+
+
+@pytest.fixture
+def fake() -> FakeOrchestratord:
+    return FakeOrchestratord()
+
+
+def test_show_prints_the_active_policy(fake):
+    result = invoke(fake, "scheduler", "show")
+    assert result.exit_code == 0
+    assert "policy\tpriority" in result.stdout
+    assert json.loads(invoke(fake, "scheduler", "show", "--json").stdout)["policy"] == "priority"
+
+
+def test_apply_puts_the_script_and_reports(fake, tmp_path):
+    policy = tmp_path / "wait.rhai"
+    policy.write_text(POLICY, encoding="utf-8")
+    result = invoke(fake, "scheduler", "apply", str(policy))
+    assert result.exit_code == 0, result.stderr
+    assert "applied (rhai policy active)" in result.stdout
+    put = fake.requests[-1]
+    assert put.method == "PUT"
+    assert json.loads(put.content) == {"policy": "rhai", "script": POLICY}
+    assert fake.scheduler["policy"] == "rhai"
+
+
+def test_apply_a_policy_the_daemon_refuses_exits_2(fake, tmp_path):
+    policy = tmp_path / "bad.rhai"
+    policy.write_text("let x = 1;", encoding="utf-8")
+    result = invoke(fake, "scheduler", "apply", str(policy))
+    assert result.exit_code == ExitCode.USAGE
+    assert "INVALID_REQUEST: script: no `schedule` function" in result.stderr
+
+
+def test_apply_rejects_unknown_file_kinds_and_missing_files(fake, tmp_path):
+    other = tmp_path / "policy.txt"
+    other.write_text("x", encoding="utf-8")
+    result = invoke(fake, "scheduler", "apply", str(other))
+    assert result.exit_code == ExitCode.USAGE
+    assert "expected a .rhai script or a .yaml/.yml rule file" in result.stderr
+    missing = invoke(fake, "scheduler", "apply", str(tmp_path / "nope.rhai"))
+    assert missing.exit_code == ExitCode.USAGE
+    assert "cannot read policy" in missing.stderr
+    assert fake.requests == []
