@@ -1,0 +1,5 @@
+"""``python -m orchestratord``."""
+
+from orchestratord.cli import main
+
+raise SystemExit(main())

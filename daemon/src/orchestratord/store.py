@@ -1,0 +1,373 @@
+"""Durable state: the :class:`Store` protocol, the records it keeps and an in-memory store.
+
+The daemon keeps two kinds of records:
+
+* :class:`JobRow` — one row per job: the core :class:`~orchestrator_core.Job` plus what the
+  daemon adds (timeout, tokens relayed, when the first token was relayed, the worker's URI,
+  the correlation id). The raw prompt is kept only while the job is not finished; a finished
+  job's row holds ``prompt = None`` and the SHA-256 hash (SYSTEM.md §5).
+* :class:`StoredEvent` — the SSE events of a job (``queued``, ``started``, ``token``,
+  ``metrics``, ``end``/``error``), numbered from 1, so that a client reconnecting with
+  ``Last-Event-ID`` gets exactly what it missed and a finished job replays its result. At most
+  one terminal event per job: stores refuse a second one.
+
+Every write is one :meth:`Store.commit` call: job rows and events in one transaction.
+``durable=True`` asks for the commit to survive power loss before it returns (admissions and
+terminal states); ``durable=False`` (tokens) survives a crash of the daemon process, not of the
+machine. Implementations: :class:`MemoryStore` here (unit tests, ``backend = "memory"``) and
+:class:`~orchestratord.sqlite_store.SqliteStore`. A PostgreSQL store implements the same
+protocol.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from orchestrator_core import ErrorCode, Job, JobParams, JobStatus, Priority
+
+__all__ = [
+    "TERMINAL_KINDS",
+    "DuplicateTerminalEvent",
+    "JobFilter",
+    "JobPage",
+    "JobRow",
+    "MemoryStore",
+    "Store",
+    "StoredEvent",
+    "params_from_json",
+    "params_to_json",
+    "row_from_mapping",
+    "row_values",
+]
+
+TERMINAL_KINDS = frozenset({"end", "error"})
+"""SSE event kinds that end a job's stream."""
+
+
+class DuplicateTerminalEvent(Exception):
+    """A store was asked to record a second terminal event for a job (a bug upstream)."""
+
+
+@dataclass(slots=True)
+class JobRow:
+    """A job as stored: the core job plus the daemon's bookkeeping."""
+
+    job: Job
+    timeout_s: float
+    correlation_id: str = ""
+    tokens: int = 0
+    first_token_at: float | None = None
+    worker_uri: str | None = None
+    seq: int = 0
+    """Admission order, assigned by the store (0 until stored)."""
+
+    @property
+    def deadline(self) -> float:
+        """Unix time at which the job fails with DEADLINE_EXCEEDED (from submission)."""
+        return self.job.created_at + self.timeout_s
+
+    def copy(self) -> JobRow:
+        """A deep copy (stores never share mutable state with their callers)."""
+        return copy.deepcopy(self)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One SSE event of a job: ``event_id`` increases from 1 within the job."""
+
+    job_id: str
+    event_id: int
+    kind: str
+    data: str
+    """The event's JSON payload, serialised once."""
+
+    @property
+    def terminal(self) -> bool:
+        """True for ``end`` and ``error``."""
+        return self.kind in TERMINAL_KINDS
+
+    def payload(self) -> dict[str, Any]:
+        """The decoded JSON payload."""
+        value: dict[str, Any] = json.loads(self.data)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Filters of ``GET /v2/tasks``; ``None`` matches anything."""
+
+    status: str | None = None
+    priority: str | None = None
+    session_id: str | None = None
+    tenant_id: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of jobs, newest first, and the cursor of the next page (``None`` at the end)."""
+
+    rows: list[JobRow]
+    next_cursor: int | None
+
+
+def params_to_json(params: JobParams) -> str:
+    """Serialise sampling parameters."""
+    return json.dumps(
+        {
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k,
+            "repetition_penalty": params.repetition_penalty,
+            "stop": list(params.stop),
+            "seed": params.seed,
+        },
+        separators=(",", ":"),
+    )
+
+
+def params_from_json(text: str) -> JobParams:
+    """Inverse of :func:`params_to_json`."""
+    raw = json.loads(text)
+    return JobParams(
+        max_tokens=int(raw["max_tokens"]),
+        temperature=float(raw["temperature"]),
+        top_p=float(raw["top_p"]),
+        top_k=int(raw["top_k"]),
+        repetition_penalty=float(raw["repetition_penalty"]),
+        stop=tuple(raw.get("stop") or ()),
+        seed=raw.get("seed"),
+    )
+
+
+def row_values(row: JobRow) -> dict[str, Any]:
+    """Column values of ``row`` (shared by the SQL stores)."""
+    job = row.job
+    return {
+        "job_id": job.job_id,
+        "model_ref": job.model_ref,
+        "prompt": job.prompt,
+        "prompt_hash": job.prompt_hash,
+        "params": params_to_json(job.params),
+        "priority": str(job.priority),
+        "status": str(job.status),
+        "session_id": job.session_id,
+        "tenant_id": job.tenant_id,
+        "created_at": job.created_at,
+        "queued_at": job.queued_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "attempts": job.attempts,
+        "pool_id": job.pool_id,
+        "worker_id": job.worker_id,
+        "worker_uri": row.worker_uri,
+        "error_code": None if job.error_code is None else str(job.error_code),
+        "error_message": job.error_message,
+        "timeout_s": row.timeout_s,
+        "tokens": row.tokens,
+        "first_token_at": row.first_token_at,
+        "correlation_id": row.correlation_id,
+    }
+
+
+def row_from_mapping(values: dict[str, Any]) -> JobRow:
+    """Rebuild a :class:`JobRow` from column values (inverse of :func:`row_values`)."""
+    code = values["error_code"]
+    job = Job(
+        job_id=values["job_id"],
+        model_ref=values["model_ref"],
+        prompt=values["prompt"],
+        params=params_from_json(values["params"]),
+        priority=Priority(values["priority"]),
+        status=JobStatus(values["status"]),
+        session_id=values["session_id"],
+        tenant_id=values["tenant_id"],
+        created_at=values["created_at"],
+        queued_at=values["queued_at"],
+        started_at=values["started_at"],
+        finished_at=values["finished_at"],
+        attempts=values["attempts"],
+        pool_id=values["pool_id"],
+        worker_id=values["worker_id"],
+        error_code=_code(code),
+        error_message=values["error_message"],
+        prompt_hash=values["prompt_hash"],
+    )
+    return JobRow(
+        job=job,
+        timeout_s=values["timeout_s"],
+        correlation_id=values["correlation_id"] or "",
+        tokens=values["tokens"],
+        first_token_at=values["first_token_at"],
+        worker_uri=values["worker_uri"],
+        seq=values.get("seq", 0) or 0,
+    )
+
+
+def _code(code: str | None) -> ErrorCode | None:
+    if code is None:
+        return None
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.INTERNAL
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where jobs and their events live. All methods are coroutines; none blocks the loop."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema. Called once before any other method."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and release resources."""
+        ...
+
+    async def commit(
+        self,
+        *,
+        jobs: Sequence[JobRow] = (),
+        events: Sequence[StoredEvent] = (),
+        durable: bool = True,
+    ) -> None:
+        """Upsert ``jobs`` and append ``events`` in one transaction. A new job row gets the
+        next ``seq``. Raises :class:`DuplicateTerminalEvent` for a second terminal event of a
+        job (nothing of the transaction is then applied)."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRow | None:
+        """The job's row, or ``None``."""
+        ...
+
+    async def list_jobs(self, flt: JobFilter, *, limit: int, before: int | None) -> JobPage:
+        """Jobs matching ``flt`` with ``seq < before`` (all when ``None``), newest first."""
+        ...
+
+    async def unfinished_jobs(self) -> list[JobRow]:
+        """Every queued or running job, in admission order (for restart recovery)."""
+        ...
+
+    async def events_after(self, job_id: str, after: int) -> list[StoredEvent]:
+        """Events of ``job_id`` with ``event_id > after``, in order."""
+        ...
+
+    async def last_event_id(self, job_id: str) -> int:
+        """The highest event id of ``job_id`` (0 when it has none)."""
+        ...
+
+    async def purge_results(self, finished_before: float) -> int:
+        """Delete the token and metrics events of jobs finished before ``finished_before``
+        (result retention); the row, the hash and the terminal event stay. Returns the
+        number of events deleted."""
+        ...
+
+
+@dataclass
+class MemoryStore:
+    """A :class:`Store` in memory: for unit tests and ``persistence.backend = "memory"``.
+
+    Not durable by definition; otherwise it keeps the same rules as the SQL stores (copies in
+    and out, one terminal event per job, admission order).
+    """
+
+    _rows: dict[str, JobRow] = field(default_factory=dict)
+    _events: dict[str, list[StoredEvent]] = field(default_factory=dict)
+    _seq: int = 0
+    commits: int = 0
+    """Number of successful commits (tests use it to check what was written)."""
+
+    async def open(self) -> None:
+        """Nothing to prepare."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def commit(
+        self,
+        *,
+        jobs: Sequence[JobRow] = (),
+        events: Sequence[StoredEvent] = (),
+        durable: bool = True,
+    ) -> None:
+        """See :meth:`Store.commit`."""
+        terminal = {e.job_id for e in events if e.terminal}
+        for job_id in terminal:
+            if any(e.terminal for e in self._events.get(job_id, ())):
+                raise DuplicateTerminalEvent(job_id)
+        if len(terminal) != sum(1 for e in events if e.terminal):
+            raise DuplicateTerminalEvent(next(iter(terminal)))
+        for row in jobs:
+            stored = row.copy()
+            old = self._rows.get(row.job.job_id)
+            if old is None:
+                self._seq += 1
+                stored.seq = self._seq
+                row.seq = self._seq
+            else:
+                stored.seq = old.seq
+            self._rows[row.job.job_id] = stored
+        for event in events:
+            self._events.setdefault(event.job_id, []).append(event)
+        self.commits += 1
+
+    async def get_job(self, job_id: str) -> JobRow | None:
+        """See :meth:`Store.get_job`."""
+        row = self._rows.get(job_id)
+        return None if row is None else row.copy()
+
+    async def list_jobs(self, flt: JobFilter, *, limit: int, before: int | None) -> JobPage:
+        """See :meth:`Store.list_jobs`."""
+        rows = sorted(self._rows.values(), key=lambda r: r.seq, reverse=True)
+        out: list[JobRow] = []
+        for row in rows:
+            if before is not None and row.seq >= before:
+                continue
+            job = row.job
+            if (
+                (flt.status is not None and str(job.status) != flt.status)
+                or (flt.priority is not None and str(job.priority) != flt.priority)
+                or (flt.session_id is not None and job.session_id != flt.session_id)
+                or (flt.tenant_id is not None and job.tenant_id != flt.tenant_id)
+                or (flt.model is not None and job.model_ref != flt.model)
+            ):
+                continue
+            out.append(row.copy())
+            if len(out) > limit:
+                break
+        more = len(out) > limit
+        out = out[:limit]
+        return JobPage(out, out[-1].seq if more and out else None)
+
+    async def unfinished_jobs(self) -> list[JobRow]:
+        """See :meth:`Store.unfinished_jobs`."""
+        rows = [r for r in self._rows.values() if not r.job.is_terminal]
+        return [r.copy() for r in sorted(rows, key=lambda r: r.seq)]
+
+    async def events_after(self, job_id: str, after: int) -> list[StoredEvent]:
+        """See :meth:`Store.events_after`."""
+        return [e for e in self._events.get(job_id, ()) if e.event_id > after]
+
+    async def last_event_id(self, job_id: str) -> int:
+        """See :meth:`Store.last_event_id`."""
+        events = self._events.get(job_id)
+        return events[-1].event_id if events else 0
+
+    async def purge_results(self, finished_before: float) -> int:
+        """See :meth:`Store.purge_results`."""
+        deleted = 0
+        for job_id, row in self._rows.items():
+            finished = row.job.finished_at
+            if finished is None or finished >= finished_before:
+                continue
+            events = self._events.get(job_id, [])
+            kept = [e for e in events if e.kind not in {"token", "metrics"}]
+            deleted += len(events) - len(kept)
+            self._events[job_id] = kept
+        return deleted

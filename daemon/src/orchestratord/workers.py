@@ -1,0 +1,218 @@
+"""Talking to workers: the :class:`WorkerClient` protocol and the native worker client.
+
+The native worker protocol (SYSTEM.md §3)::
+
+    POST {worker}/execute  {job_id, prompt, max_tokens, temperature, top_p, top_k,
+                            repetition_penalty, stop, seed}
+         -> text/event-stream: started {job_id, worker_id}
+                               token   {i, t}
+                               metrics {...}               (may interleave with tokens)
+                               end     {tokens, finish_reason} | error {code, message}
+    POST {worker}/cancel   {job_id} -> 202 (idempotent)
+
+A client yields :class:`WorkerEvent` values and raises one of two errors, which the daemon's
+retry rules tell apart:
+
+* :class:`WorkerUnreachable` — the job never reached the worker (connection refused, a non-2xx
+  answer to ``/execute``): a transient fault, retried before the first token (DISPATCH_FAILED
+  when attempts run out);
+* :class:`WorkerLost` — the stream broke after it had started (the worker died mid-job):
+  retried only if no token was relayed, else the job fails with WORKER_FAILED.
+
+An OpenAI-compatible client (``/v1/completions`` with ``stream: true``) plugs in behind the
+same protocol.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+__all__ = [
+    "ExecuteRequest",
+    "NativeWorkerClient",
+    "SseParser",
+    "WorkerClient",
+    "WorkerError",
+    "WorkerEvent",
+    "WorkerLost",
+    "WorkerUnreachable",
+]
+
+
+class WorkerError(Exception):
+    """Base of the faults a worker client reports."""
+
+
+class WorkerUnreachable(WorkerError):
+    """The job did not reach the worker (connect error, refused, non-2xx)."""
+
+
+class WorkerLost(WorkerError):
+    """The worker's stream broke after it had started (or ended without a terminal event)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteRequest:
+    """What the daemon asks a worker to run (the body of ``POST /execute``)."""
+
+    job_id: str
+    prompt: str
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {
+            "job_id": self.job_id,
+            "prompt": self.prompt,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+            "stop": list(self.stop),
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEvent:
+    """One event of a worker's stream: ``kind`` is started|token|metrics|end|error."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class WorkerClient(Protocol):
+    """How the daemon runs a job on a worker and cancels it (one implementation per engine
+    protocol). ``execute`` yields events until ``end`` or ``error``; see the module docstring
+    for the errors it raises."""
+
+    def execute(
+        self, worker_uri: str, request: ExecuteRequest, *, correlation_id: str
+    ) -> AsyncIterator[WorkerEvent]:
+        """Start the job and stream its events."""
+        ...
+
+    async def cancel(self, worker_uri: str, job_id: str, *, correlation_id: str) -> None:
+        """Ask the worker to stop ``job_id``. Idempotent; raises :class:`WorkerError` when the
+        worker cannot be reached."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+class SseParser:
+    """Incremental Server-Sent-Events parser: feed lines, get ``(event, data)`` pairs."""
+
+    def __init__(self) -> None:
+        self._event = "message"
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> tuple[str, str] | None:
+        """One line (without its newline). Returns a complete event at a blank line."""
+        if line == "":
+            if not self._data:
+                self._event = "message"
+                return None
+            out = (self._event, "\n".join(self._data))
+            self._event, self._data = "message", []
+            return out
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None
+
+
+_TERMINAL = {"end", "error"}
+
+
+class NativeWorkerClient:
+    """:class:`WorkerClient` for the native worker protocol, over one pooled httpx client.
+
+    ``connect_timeout_s`` bounds reaching the worker; ``read_timeout_s`` bounds the silence
+    between two events (a worker that stops talking is treated as lost).
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 120.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30, pool=30)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        self._client = client or httpx.AsyncClient(timeout=timeout, limits=limits)
+
+    async def execute(
+        self, worker_uri: str, request: ExecuteRequest, *, correlation_id: str
+    ) -> AsyncIterator[WorkerEvent]:
+        """See :class:`WorkerClient`."""
+        url = worker_uri.rstrip("/") + "/execute"
+        headers = {"X-Correlation-Id": correlation_id, "Accept": "text/event-stream"}
+        started = False
+        try:
+            async with self._client.stream(
+                "POST", url, json=request.to_json(), headers=headers
+            ) as resp:
+                if resp.status_code // 100 != 2:
+                    await resp.aread()
+                    raise WorkerUnreachable(f"worker answered {resp.status_code} to /execute")
+                parser = SseParser()
+                async for line in resp.aiter_lines():
+                    parsed = parser.feed(line.rstrip("\r"))
+                    if parsed is None:
+                        continue
+                    kind, raw = parsed
+                    try:
+                        data = json.loads(raw) if raw else {}
+                    except ValueError:
+                        data = {"raw": raw}
+                    if not isinstance(data, dict):
+                        data = {"value": data}
+                    started = True
+                    yield WorkerEvent(kind, data)
+                    if kind in _TERMINAL:
+                        return
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise WorkerUnreachable(f"cannot reach worker: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            if not started:
+                raise WorkerUnreachable(f"worker failed before starting: {exc!r}") from exc
+            raise WorkerLost(f"worker stream broke: {type(exc).__name__}") from exc
+        raise WorkerLost("worker stream ended without end or error")
+
+    async def cancel(self, worker_uri: str, job_id: str, *, correlation_id: str) -> None:
+        """See :class:`WorkerClient`."""
+        url = worker_uri.rstrip("/") + "/cancel"
+        try:
+            resp = await self._client.post(
+                url, json={"job_id": job_id}, headers={"X-Correlation-Id": correlation_id}
+            )
+        except httpx.HTTPError as exc:
+            raise WorkerUnreachable(f"cannot reach worker to cancel: {exc!r}") from exc
+        if resp.status_code // 100 != 2:
+            raise WorkerUnreachable(f"worker answered {resp.status_code} to /cancel")
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._client.aclose()
