@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from orchestrator_core.api import ApiModel
 from pydantic import BaseModel, Field
@@ -112,8 +112,24 @@ class SchedulingLoop:
 
     async def run_pass(self) -> bool:
         """One pass; True if it changed something (another pass may find more to do)."""
-        return False
+        return self._interim_pass()
 
-
-def _unused(*_: Any) -> None:  # pragma: no cover
-    return None
+    def _interim_pass(self) -> bool:
+        # INTERIM until orchestrator_core.scheduling lands: first eligible job to the first
+        # free worker serving its model. Replaced by the core policy; not a policy of its own.
+        free: dict[str, list[tuple[str, str]]] = {}
+        for pool in self.orch.registry.list():
+            if str(pool.status) == "offline":
+                continue
+            for w in pool.workers:
+                slots = w.max_concurrency - self.orch.worker_load(pool.pool_id, w.worker_id)
+                if str(w.status) in ("ready", "busy") and slots > 0:
+                    free.setdefault(w.model_ref, []).extend([(pool.pool_id, w.worker_id)] * slots)
+        changed = False
+        for job in list(self.orch.eligible_jobs(self.orch.config.scheduler.snapshot_window)):
+            candidates = free.get(job.model_ref)
+            if candidates:
+                pool_id, worker_id = candidates.pop(0)
+                if self.orch.dispatch(job.job_id, pool_id, worker_id) is None:
+                    changed = True
+        return changed

@@ -1,0 +1,284 @@
+"""Real processes for acceptance tests and benchmarks: an ``orchestratord`` daemon, simulated
+engines (``llorch-sim engine``) and a stand-in pool that registers those engines and sends
+heartbeats over real HTTP.
+
+Every helper picks free loopback ports, waits with a deadline (polling, no fixed sleeps) and
+is a context manager that kills what it started, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "DaemonProcess",
+    "EngineProcess",
+    "HeartbeatingPool",
+    "free_port",
+    "wait_until",
+]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.02) -> None:
+    """Poll ``predicate()`` until it is true; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if predicate():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def _script(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed")
+    return found
+
+
+class DaemonProcess:
+    """``orchestratord`` as a child process on a free port, with its config written to
+    ``workdir/orchestrator.toml`` and its SQLite data in ``workdir/data``."""
+
+    def __init__(self, workdir: Path, config_toml: str = "", *, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / "orchestrator.toml"
+        self.data_dir = workdir / "data"
+        self.log_path = workdir / "orchestratord.log"
+        self.config_path.write_text(config_toml, encoding="utf-8")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, ready_timeout_s: float = 20.0) -> DaemonProcess:
+        """Start and wait until ``/ready`` answers 200."""
+        logf = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                _script("orchestratord"),
+                "--config",
+                str(self.config_path),
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
+        )
+        logf.close()
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"orchestratord exited: {self.log_tail()}")
+            return httpx.get(self.url + "/ready", timeout=1.0).status_code == 200
+
+        wait_until(ready, ready_timeout_s, "orchestratord /ready")
+        return self
+
+    def kill9(self) -> None:
+        """``kill -9``: no shutdown, no flush."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
+    def log_tail(self, n: int = 4000) -> str:
+        """The end of the daemon's log."""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-n:]
+        return ""
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class EngineProcess:
+    """One ``llorch-sim engine`` child process (a simulated engine, a test tool)."""
+
+    def __init__(self, model: str = "m1", *, worker_id: str = "e0", args: Sequence[str] = ()):
+        self.model = model
+        self.worker_id = worker_id
+        self.args = list(args)
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, timeout_s: float = 20.0) -> EngineProcess:
+        """Start and read the URL it prints."""
+        self.proc = subprocess.Popen(
+            [
+                _script("llorch-sim"),
+                "engine",
+                "--model",
+                self.model,
+                "--worker-id",
+                self.worker_id,
+                "--port",
+                "0",
+                *self.args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout_s)
+        if not line or not line[0].startswith("http"):
+            self.stop()
+            raise RuntimeError("llorch-sim engine did not print its URL")
+        self.url = line[0].strip()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        """Is the process running?"""
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Terminate (kill after 5 s)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def __enter__(self) -> EngineProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@dataclass
+class HeartbeatingPool:
+    """A stand-in pool agent: registers ``engines`` as the workers of ``pool_id`` with the
+    daemon at ``url`` and heartbeats every ``interval_s`` from a thread, reporting only the
+    engines whose process is alive (as a real agent does). Re-registers after a 404 (the
+    daemon restarted and forgot its pools)."""
+
+    url: str
+    engines: list[EngineProcess]
+    pool_id: str = "pool-t"
+    interval_s: float = 0.2
+    token: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Worker entries of the alive engines."""
+        return [
+            {
+                "worker_id": e.worker_id,
+                "model_ref": e.model,
+                "gpu_ids": ["0"],
+                "status": "ready",
+                "uri": e.url,
+            }
+            for e in self.engines
+            if e.alive
+        ]
+
+    def register(self) -> None:
+        """``POST /v2/pools/register``."""
+        body = {
+            "pool_id": self.pool_id,
+            "endpoint": f"http://127.0.0.1:9/{self.pool_id}",
+            "gpus": [{"gpu_id": "0", "vram_total_bytes": 1 << 34, "vram_free_bytes": 1 << 33}],
+            "workers": self.workers(),
+            "models": sorted({e.model for e in self.engines}),
+        }
+        r = httpx.post(self.url + "/v2/pools/register", json=body, headers=self._headers())
+        r.raise_for_status()
+
+    def beat(self) -> None:
+        """One heartbeat (re-registering when the daemon does not know the pool)."""
+        body = {"sent_at": time.time(), "workers": self.workers(), "gpus": []}
+        r = httpx.post(
+            f"{self.url}/v2/pools/{self.pool_id}/heartbeat", json=body, headers=self._headers()
+        )
+        if r.status_code == 404:
+            self.register()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with contextlib.suppress(httpx.HTTPError):
+                self.beat()
+
+    def __enter__(self) -> HeartbeatingPool:
+        self.register()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+@contextlib.contextmanager
+def engines(n: int, model: str = "m1", args: Sequence[str] = ()) -> Iterator[list[EngineProcess]]:
+    """``n`` simulated engines ``e0..e{n-1}``, stopped on exit."""
+    started: list[EngineProcess] = []
+    try:
+        for i in range(n):
+            started.append(EngineProcess(model, worker_id=f"e{i}", args=args).start())
+        yield started
+    finally:
+        for e in started:
+            e.stop()
