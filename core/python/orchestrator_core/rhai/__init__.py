@@ -1,0 +1,1 @@
+"""Rhai scheduling policies: the embedded engine (:mod:`orchestrator_core.rhai.engine`)."""
