@@ -81,6 +81,15 @@ def assert_well_formed(events: list[SseEvent], job_id: str) -> None:
     assert indexes == list(range(len(indexes)))
 
 
+async def drain(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], into: list[SseEvent]
+) -> None:
+    """POST ``body`` to ``url`` and append every event of the stream to ``into``."""
+    async with client.stream("POST", url, json=body) as response:
+        async for event in aiter_sse(response.aiter_text()):
+            into.append(event)
+
+
 def text_of(events: list[SseEvent]) -> str:
     return "".join(e.json()["t"] for e in events if e.event == "token")
 
@@ -169,9 +178,7 @@ async def test_crash_fault_drops_the_connection_without_a_terminal_event(make_en
     events: list[SseEvent] = []
     body = {"job_id": "c", "prompt": "x", "max_tokens": 10}
     with pytest.raises(httpx.HTTPError):  # RemoteProtocolError: incomplete chunked read
-        async with eng.client.stream("POST", f"{eng.url}/execute", json=body) as response:
-            async for event in aiter_sse(response.aiter_text()):
-                events.append(event)
+        await drain(eng.client, f"{eng.url}/execute", body, events)
     assert [e.event for e in events] == ["started", "token", "token", "token"]
     # The engine itself is still alive (stream scope): the next job works.
     eng.engine.faults = EngineFaults()
@@ -435,7 +442,7 @@ async def test_the_engine_program_prints_its_url_and_serves(engine_process: Any)
             events = [e async for e in aiter_sse(r.aiter_text())]
     assert events[-1].json() == {"tokens": 3, "finish_reason": "length"}
     proc.terminate()
-    assert proc.wait(timeout=10) in (0, -15)
+    assert await asyncio.to_thread(proc.wait, 10) in (0, -15)
 
 
 async def test_engine_scope_crash_kills_the_engine_process(engine_process: Any) -> None:
@@ -443,8 +450,7 @@ async def test_engine_scope_crash_kills_the_engine_process(engine_process: Any) 
         "--crash-after-tokens", "2", "--crash-scope", "engine", "--tokens-per-s", "0"
     )
     async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        body = {"job_id": "p", "prompt": "x", "max_tokens": 10}
         with pytest.raises(httpx.HTTPError):
-            body = {"job_id": "p", "prompt": "x", "max_tokens": 10}
-            async with client.stream("POST", f"{url}/execute", json=body) as r:
-                [e async for e in aiter_sse(r.aiter_text())]
-    assert proc.wait(timeout=10) == CRASH_EXIT_CODE
+            await drain(client, f"{url}/execute", body, [])
+    assert await asyncio.to_thread(proc.wait, 10) == CRASH_EXIT_CODE

@@ -188,6 +188,12 @@ async def inventory(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
     return body
 
 
+async def drain(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> list[Any]:
+    """POST ``body`` and read the whole SSE stream."""
+    async with http.stream("POST", url, json=body) as resp:
+        return [e async for e in aiter_sse(resp.aiter_text())]
+
+
 def worker_status(inv: dict[str, Any], worker_id: str) -> str | None:
     for w in inv["workers"]:
         if w["worker_id"] == worker_id:
@@ -380,10 +386,9 @@ async def test_a_crashed_engine_is_reported_failed_and_its_vram_freed(
     wid = (await start_worker(http, pool, "m1", "0")).json()["worker_id"]
     await eventually(lambda: worker_status_sync(pool, wid) == "ready")
     uri = pool.workers.get(wid).uri
+    body = {"job_id": "boom", "prompt": "x", "max_tokens": 10}
     with pytest.raises(httpx.HTTPError):
-        body = {"job_id": "boom", "prompt": "x", "max_tokens": 10}
-        async with http.stream("POST", f"{uri}/execute", json=body) as resp:
-            [e async for e in aiter_sse(resp.aiter_text())]
+        await drain(http, f"{uri}/execute", body)
     await eventually(
         lambda: wid in fake.last_workers() and fake.last_workers()[wid].status == "failed"
     )
@@ -642,10 +647,9 @@ async def test_the_agent_reports_engines_that_die_or_never_get_ready_as_failed(
     uri = next(
         w["uri"] for w in (await inventory(http, url))["workers"] if w["worker_id"] == crashy
     )
+    body = {"job_id": "j", "prompt": "x", "max_tokens": 5}
     with pytest.raises(httpx.HTTPError):
-        body = {"job_id": "j", "prompt": "x", "max_tokens": 5}
-        async with http.stream("POST", f"{uri}/execute", json=body) as resp:
-            [e async for e in aiter_sse(resp.aiter_text())]
+        await drain(http, f"{uri}/execute", body)
     await eventually(lambda: _eq(status(crashy), "failed"))
     await eventually(lambda: _eq(status(never), "failed"))
     await eventually(lambda: _eq(status(exits), "failed"))
