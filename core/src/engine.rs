@@ -83,15 +83,13 @@ impl Drop for CallGuard {
     }
 }
 
-/// Truncate `s` to at most `max` bytes, on a character boundary.
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
+/// The first `max` bytes of `s` (cut on a character boundary), copied.
+fn prefix(s: &str, max: usize) -> String {
+    let mut cut = s.len().min(max);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
     }
+    s[..cut].to_string()
 }
 
 /// A `fmt::Write` that keeps at most `max` bytes and then aborts formatting, so
@@ -136,9 +134,7 @@ fn push_metric(name: &str, value: f64, max_metrics: usize) -> Result<(), Box<Eva
     BUFFERS.with(|b| {
         let mut b = b.borrow_mut();
         if b.metrics.len() < max_metrics {
-            let mut name = name.to_string();
-            truncate_utf8(&mut name, MAX_METRIC_NAME_BYTES);
-            b.metrics.push((name, value));
+            b.metrics.push((prefix(name, MAX_METRIC_NAME_BYTES), value));
         } else {
             b.dropped_metrics += 1;
         }
@@ -211,20 +207,8 @@ pub fn build_engine(limits: &Limits) -> Engine {
 
     let max_lines = limits.max_log_lines as usize;
     let max_bytes = limits.max_log_line_bytes as usize;
-    engine.on_print(move |s| {
-        push_log("info", max_lines, || {
-            let mut line = s.to_string();
-            truncate_utf8(&mut line, max_bytes);
-            line
-        })
-    });
-    engine.on_debug(move |s, _source, _pos| {
-        push_log("debug", max_lines, || {
-            let mut line = s.to_string();
-            truncate_utf8(&mut line, max_bytes);
-            line
-        })
-    });
+    engine.on_print(move |s| push_log("info", max_lines, || prefix(s, max_bytes)));
+    engine.on_debug(move |s, _source, _pos| push_log("debug", max_lines, || prefix(s, max_bytes)));
     for (name, level) in [
         ("log_debug", "debug"),
         ("log_info", "info"),
@@ -439,7 +423,10 @@ fn compile(
 }
 
 /// A Rhai script compiled once on a sandboxed engine, callable many times and
-/// from several threads.
+/// from several threads. `prelude` (Rhai helper functions) is compiled on the
+/// same engine and merged; a script function with the name and arity of a
+/// prelude function is refused. `limits` is None, a dict or an object with limit
+/// attributes (such as `RhaiLimits`). Top-level statements never run.
 #[pyclass(frozen, module = "orchestrator_core._rhai")]
 pub struct CompiledScript {
     engine: Arc<Engine>,
@@ -535,6 +522,12 @@ impl CompiledScript {
         self.functions.iter().any(|(n, a)| n == name && *a == arity)
     }
 
+    /// Call script or prelude function `fn_name` with `args` (a list or tuple).
+    ///
+    /// `budget_ms` (default: the `budget_ms` limit) bounds the wall-clock time of the
+    /// call; `this`, when given, is bound as Rhai's `this`, so method-style helpers reach
+    /// it by reference. Arguments are converted with the GIL held; the engine runs
+    /// without it. Returns a `CallResult`; raises a `RhaiError` subclass.
     #[pyo3(signature = (fn_name, args = None, *, budget_ms = None, this = None))]
     fn call(
         &self,
