@@ -20,7 +20,9 @@ import logging
 import time
 from typing import Annotated
 
+from orchestrator_core import ConfigInvalid, ErrorCode, OrchestratorConfig, RequestInvalid
 from orchestrator_core.api import ApiModel
+from orchestrator_core.errors import FieldError
 from pydantic import BaseModel, Field
 
 from orchestratord.logs import log
@@ -51,6 +53,16 @@ class SchedulerView(BaseModel):
     fallbacks: int = 0
     script: str | None = None
     rules: str | None = None
+
+
+def _invalid(problems: list[str]) -> RequestInvalid:
+    errors = []
+    for problem in problems:
+        name = problem.split(":", 1)[0].removeprefix("scheduler.")
+        errors.append(
+            FieldError(name, ErrorCode.INVALID_PARAMETER, problem.replace("scheduler.", ""))
+        )
+    return RequestInvalid(errors)
 
 
 class SchedulingLoop:
@@ -90,8 +102,39 @@ class SchedulingLoop:
         return self._view.model_copy()
 
     async def swap(self, update: SchedulerUpdate) -> SchedulerView:
-        """Validate ``update`` and make it the active policy."""
-        raise NotImplementedError
+        """Validate ``update`` and make it the active policy. Problems are reported as
+        INVALID_PARAMETER naming the field; the active policy is unchanged then."""
+        current = self.orch.config.scheduler
+        section = current.model_dump()
+        section["policy"] = update.policy
+        if update.placement is not None:
+            section["placement"] = update.placement
+        # The configuration names policy *files*; a PUT carries the source itself.
+        section["script"] = "<request>" if update.script is not None else None
+        section["rules"] = "<request>" if update.rules is not None else None
+        data = self.orch.config.to_toml_dict()
+        data["scheduler"] = {k: v for k, v in section.items() if v is not None}
+        try:
+            config = OrchestratorConfig.from_mapping(data, env={})
+        except ConfigInvalid as exc:
+            raise _invalid(exc.problems) from None
+        if config.scheduler.policy in ("rhai", "rules"):
+            raise _invalid(
+                [f"policy: {config.scheduler.policy!r} policies are not available in this build"]
+            )
+        self._view = SchedulerView(
+            policy=config.scheduler.policy,
+            placement=config.scheduler.placement,
+            since=self.orch.clock(),
+        )
+        log(
+            "scheduler.swapped",
+            "policy replaced",
+            policy=self._view.policy,
+            placement=self._view.placement,
+        )
+        self.kick()
+        return self.view()
 
     async def _run(self) -> None:
         while True:
