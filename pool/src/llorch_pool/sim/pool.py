@@ -142,7 +142,7 @@ class InProcessEngineHandle:
     engine: SimulatedEngine
     server: RunningServer
     crash_reason: str | None = None
-    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def uri(self) -> str:
@@ -159,7 +159,8 @@ class InProcessEngineHandle:
         if self.crash_reason is None:
             self.crash_reason = reason
         self.engine.kill()
-        asyncio.get_running_loop().create_task(self.server.stop(force=True))
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self.server.stop(force=True))
 
     async def stop(self, grace_s: float) -> None:
         """Stop the engine (like a killed process, open streams are dropped)."""
