@@ -267,3 +267,21 @@ def test_kill_9_under_load_every_accepted_job_ends_exactly_once(tmp_path: Path) 
     finally:
         stop.set()
         d.stop()
+
+
+def test_client_gone_past_the_grace_period_cancels_the_job(daemon: DaemonProcess) -> None:
+    args = ["--ttft-ms", "5", "--tokens-per-s", "20"]
+    with engines(1, args=args) as es, HeartbeatingPool(daemon.url, es):
+        kept = submit(daemon, max_tokens=60).json()["job_id"]
+        first = read_events(daemon, kept, stop_after=3)  # disconnects after 3 events
+        time.sleep(0.4)  # back within the 1 s grace period
+        rest = read_events(daemon, kept, last=first[-1][0], stop_after=3)
+        assert rest[0][0] == first[-1][0] + 1
+        assert status(daemon, kept)["status"] == "running"
+        httpx.delete(f"{daemon.url}/v2/tasks/{kept}", timeout=10)
+        left = submit(daemon, max_tokens=200).json()["job_id"]
+        read_events(daemon, left, stop_after=3)  # ... and never comes back
+        final = wait_terminal(daemon, left, timeout_s=10)
+    assert final["status"] == "cancelled"
+    assert final["error"]["code"] == "CANCELLED"
+    assert "client disconnected" in final["error"]["message"]
