@@ -20,7 +20,7 @@ import builtins
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, Protocol, Self, runtime_checkable
+from typing import Annotated, Literal, Protocol, Self, runtime_checkable
 
 from pydantic import Field, Strict, model_validator
 
@@ -92,6 +92,11 @@ class WorkerInfo(ApiModel):
     max_concurrency: Annotated[int, Field(ge=1)] = 1
     last_used_at: float | None = None
     jobs_completed: Annotated[int, Field(ge=0)] = 0
+    protocol: Literal["llorch", "openai"] = Field(
+        default="llorch",
+        description="How to talk to the worker: 'llorch' (POST /execute SSE, SYSTEM.md §3) or "
+        "'openai' (OpenAI-compatible /v1/completions streaming: vLLM, llama.cpp, SGLang, Ollama)",
+    )
 
 
 class PoolRegistration(ApiModel):

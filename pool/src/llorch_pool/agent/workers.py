@@ -113,6 +113,7 @@ class ManagedWorker:
             max_concurrency=self.max_concurrency,
             last_used_at=self.last_used_at,
             jobs_completed=self.jobs_completed,
+            protocol="openai" if self.protocol == "openai" else "llorch",
         )
 
 
