@@ -24,6 +24,9 @@ lint:
 
 typecheck:
 	$(BIN)/mypy core/python/orchestrator_core
+	MYPYPATH=daemon/src $(BIN)/mypy -p orchestratord
+	MYPYPATH=cli/src $(BIN)/mypy -p llorch
+	MYPYPATH=pool/src $(BIN)/mypy -p llorch_pool
 	$(BIN)/python -m mypy.stubtest orchestrator_core._rhai
 
 contracts:
