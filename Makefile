@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt -r requirements-engine.txt
 	$(BIN)/python -m pip install -q $(foreach p,$(wildcard $(PARTS)),-e ./$(p))
 
 lint:
