@@ -115,6 +115,41 @@ def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+class ClusterListener:
+    """What the runtime tells the scheduling side about each change (no-op by default).
+
+    The scheduling loop implements it to keep its indexed cluster state in step; every
+    call happens on the event loop."""
+
+    def job_queued(self, job: Job) -> None:
+        """A job became eligible for dispatch (admitted, recovered, retry due)."""
+
+    def job_unqueued(self, job_id: str) -> None:
+        """A queued job left without running (cancelled, expired, dropped, rejected)."""
+
+    def job_dispatched(self, job_id: str, worker_id: str, now: float) -> None:
+        """A queued job was sent to a worker."""
+
+    def job_released(self, job_id: str, now: float) -> None:
+        """A dispatched job no longer occupies its worker (any outcome)."""
+
+    def pool_updated(self, pool: PoolInfo) -> None:
+        """A pool registered or sent a heartbeat."""
+
+    def pool_removed(self, pool_id: str) -> None:
+        """A pool unregistered."""
+
+    def pool_status(self, pool_id: str, status: PoolStatus) -> None:
+        """The registry derived a new status for a pool."""
+
+    def changed(self) -> None:
+        """Something scheduling-relevant changed: run a pass soon."""
+
+    def explain(self, job_id: str) -> dict[str, Any] | None:
+        """Why a queued job is waiting, if the policy can tell."""
+        return None
+
+
 @dataclass(eq=False)
 class ActiveJob:
     """A job the runtime is handling (not yet finished), with its stream and timers."""
@@ -222,10 +257,8 @@ class Orchestrator:
         self.started_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake: asyncio.Event | None = None
-        self.on_change: Callable[[], None] = lambda: None
-        """Called whenever scheduling-relevant state changed (the scheduling loop's kick)."""
-        self.on_job_eligible: Callable[[ActiveJob], None] = lambda a: None
-        self.on_job_ineligible: Callable[[ActiveJob], None] = lambda a: None
+        self.listener = ClusterListener()
+        """Told about every change (the scheduling loop replaces it)."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -264,7 +297,7 @@ class Orchestrator:
 
     def _changed(self) -> None:
         self._update_queue_gauges()
-        self.on_change()
+        self.listener.changed()
 
     def _update_queue_gauges(self) -> None:
         self.metrics.queue_depth.labels("interactive").set(self.queue.depth(Priority.INTERACTIVE))
@@ -309,7 +342,7 @@ class Orchestrator:
             self._count_tenant(job, +1)
             a.pending = False
             self._arm_deadline(a)
-            self.on_job_eligible(a)
+            self.listener.job_queued(job)
         log(
             "daemon.recovered",
             "restart recovery done",
@@ -423,6 +456,7 @@ class Orchestrator:
             dropped.stream.publish(events[-1])
             self.metrics.tasks_dropped.inc()
             log("job.dropped", "dropped by drop-oldest-batch", job_id=dropped.job_id)
+            self.listener.job_unqueued(dropped.job_id)
             self._cleanup(dropped)
         self._arm_deadline(a)
         self.metrics.tasks_enqueued.labels(str(job.priority)).inc()
@@ -434,7 +468,7 @@ class Orchestrator:
             priority=str(job.priority),
             position=result.position,
         )
-        self.on_job_eligible(a)
+        self.listener.job_queued(job)
         self._changed()
         return TaskSubmitResponse(
             job_id=job.job_id,
@@ -564,7 +598,7 @@ class Orchestrator:
             if handle is not None:
                 handle.cancel()
         self.active.pop(a.job_id, None)
-        self.on_job_ineligible(a)
+        self.listener.job_unqueued(a.job_id)
         self.recent[a.job_id] = a
         while len(self.recent) > _RECENT_STREAMS:
             self.recent.popitem(last=False)
@@ -628,7 +662,7 @@ class Orchestrator:
         self.load.setdefault((pool_id, worker_id), set()).add(job_id)
         self.metrics.queue_wait.observe(max(0.0, now - a.job.queued_at))
         self.metrics.dispatch.labels("sent").inc()
-        self.on_job_ineligible(a)
+        self.listener.job_dispatched(job_id, worker_id, now)
         log(
             "job.dispatched",
             "dispatched",
@@ -745,6 +779,7 @@ class Orchestrator:
             jobs.discard(a.job_id)
             if not jobs:
                 del self.load[(pool_id, worker_id)]
+            self.listener.job_released(a.job_id, self.clock())
             self._changed()
 
     async def fault(self, a: ActiveJob, code: ErrorCode, message: str) -> None:
@@ -788,7 +823,7 @@ class Orchestrator:
             return
         self._force_enqueue(a.job)
         a.in_backoff = False
-        self.on_job_eligible(a)
+        self.listener.job_queued(a.job)
         self._changed()
 
     # -- stopping: cancel, timeout, client gone --------------------------------------------
@@ -804,7 +839,7 @@ class Orchestrator:
 
     async def _stop(self, a: ActiveJob, reason: str) -> None:
         a.stopping = reason
-        self.on_job_ineligible(a)
+        self.listener.job_unqueued(a.job_id)
         if reason == "timeout":
             status, code = JobStatus.FAILED, ErrorCode.DEADLINE_EXCEEDED
             message = f"job exceeded its timeout of {a.row.timeout_s:g}s"
@@ -929,8 +964,18 @@ class Orchestrator:
             tokens_generated=row.tokens,
             prompt_hash=job.prompt_hash,
             error=error,
-            explanation=None if a is None else a.explanation,
+            explanation=self._explanation(job, a),
         )
+
+    def _explanation(self, job: Job, a: ActiveJob | None) -> dict[str, Any] | None:
+        if job.status is JobStatus.QUEUED and a is not None and a.eligible:
+            try:
+                why = self.listener.explain(job.job_id)
+            except Exception:  # an explanation is a courtesy, never an error
+                why = None
+            if why is not None:
+                return why
+        return None if a is None else a.explanation
 
     async def status(self, job_id: str, principal: Principal) -> JobStatusResponse:
         """``GET /v2/tasks/{id}``; JOB_NOT_FOUND for unknown ids and other tenants' jobs."""
@@ -977,6 +1022,7 @@ class Orchestrator:
         """``POST /v2/pools/register``; POOL_CONFLICT if a live pool holds the id elsewhere."""
         info = self.registry.register(reg)
         self.pool_tokens[reg.pool_id] = principal.fingerprint
+        self.listener.pool_updated(info)
         log(
             "pool.registered",
             "pool registered",
@@ -1001,6 +1047,7 @@ class Orchestrator:
         no longer reports (or reports failed) are treated as lost."""
         self._check_pool_owner(pool_id, principal)
         info = self.registry.heartbeat(pool_id, beat)
+        self.listener.pool_updated(info)
         alive = {w.worker_id for w in info.workers if w.status is not WorkerStatus.FAILED}
         for (pid, wid), jobs in list(self.load.items()):
             if pid == pool_id and wid not in alive:
@@ -1017,6 +1064,7 @@ class Orchestrator:
         self._check_pool_owner(pool_id, principal)
         info = self.registry.unregister(pool_id)
         self.pool_tokens.pop(pool_id, None)
+        self.listener.pool_removed(pool_id)
         self._pool_lost(pool_id)
         log("pool.unregistered", "pool unregistered", pool_id=pool_id)
         self._pool_gauges()
@@ -1053,6 +1101,7 @@ class Orchestrator:
                 old=str(change.old),
                 new=str(change.new),
             )
+            self.listener.pool_status(change.pool_id, change.new)
             if change.new is PoolStatus.OFFLINE:
                 self._pool_lost(change.pool_id)
         self._pool_gauges()
@@ -1077,7 +1126,7 @@ class Orchestrator:
                 self.sweep_pools()
             except Exception:
                 log("http.error", "pool sweep failed", level=logging.ERROR, exc_info=True)
-            self.on_change()  # the timer event of the scheduling loop
+            self.listener.changed()  # the timer event of the scheduling loop
 
     async def _purge_loop(self) -> None:
         retention = self.config.persistence.result_retention_s

@@ -18,15 +18,49 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from orchestrator_core import ConfigInvalid, ErrorCode, OrchestratorConfig, RequestInvalid
+from orchestrator_core import (
+    ConfigInvalid,
+    ErrorCode,
+    JobStatus,
+    OrchestratorConfig,
+    PoolInfo,
+    PoolStatus,
+    RequestInvalid,
+)
 from orchestrator_core.api import ApiModel
 from orchestrator_core.errors import FieldError
 from pydantic import BaseModel, Field
 
 from orchestratord.logs import log
-from orchestratord.runtime import Orchestrator
+from orchestratord.runtime import ClusterListener, Orchestrator
+
+try:  # orchestrator_core.scheduling (the indexed cluster state and the built-in policies)
+    from orchestrator_core.scheduling.decisions import (
+        Action,
+        Decision,
+        Dispatch,
+        EvictWorker,
+        Reject,
+        StartWorker,
+        Wait,
+        iter_actions,
+    )
+    from orchestrator_core.scheduling.scheduler import (
+        Scheduler,
+        SchedulerRegistry,
+        build_placement,
+        build_queue_order,
+        build_scheduler,
+    )
+    from orchestrator_core.scheduling.state import ClusterState
+    from orchestrator_core.scheduling.validation import validate_decision
+
+    HAVE_CORE_SCHEDULING = True
+except ImportError:  # pragma: no cover - an orchestrator_core without scheduling
+    HAVE_CORE_SCHEDULING = False
 
 __all__ = ["SchedulerUpdate", "SchedulerView", "SchedulingLoop"]
 
@@ -65,20 +99,47 @@ def _invalid(problems: list[str]) -> RequestInvalid:
     return RequestInvalid(errors)
 
 
-class SchedulingLoop:
-    """Drives :class:`Orchestrator` with the configured policy (see the module docstring)."""
+class SchedulingLoop(ClusterListener):
+    """Drives :class:`Orchestrator` with the configured policy (see the module docstring).
 
-    def __init__(self, orch: Orchestrator, *, debounce_s: float = 0.002) -> None:
+    It owns the :class:`~orchestrator_core.scheduling.state.ClusterState` and keeps it in
+    step with the runtime (it is the runtime's :class:`ClusterListener`). While a policy call
+    runs in its thread, changes to the state are deferred and applied when the call returns,
+    so the policy reads a consistent state and the event loop never waits for it.
+    """
+
+    def __init__(
+        self,
+        orch: Orchestrator,
+        *,
+        debounce_s: float = 0.002,
+        registry: SchedulerRegistry | None = None,
+    ) -> None:
         self.orch = orch
         self.debounce_s = debounce_s
+        self.registry = registry
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        cfg = orch.config.scheduler
-        self._view = SchedulerView(policy=cfg.policy, placement=cfg.placement, since=orch.clock())
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_flight = False
+        self._deferred: list[Callable[[], object]] = []
+        self._starts: set[asyncio.Task[None]] = set()
+        cfg = orch.config
+        self.timeout_s = max(0.25, cfg.scheduler.budget_ms * 4 / 1000)
+        self._view = SchedulerView(
+            policy=cfg.scheduler.policy, placement=cfg.scheduler.placement, since=orch.clock()
+        )
+        if not HAVE_CORE_SCHEDULING:  # pragma: no cover - see _interim_pass
+            return
+        self.state = ClusterState.from_config(cfg)
+        self.scheduler: Scheduler = build_scheduler(cfg, registry)
+        self._view.policy = self.scheduler.name or cfg.scheduler.policy
+
+    # -- wiring ----------------------------------------------------------------------------
 
     def attach(self) -> None:
-        """Hook the loop to the orchestrator's change notifications."""
-        self.orch.on_change = self.kick
+        """Become the orchestrator's listener."""
+        self.orch.listener = self
 
     def kick(self) -> None:
         """Something changed: run a pass soon."""
@@ -90,16 +151,276 @@ class SchedulingLoop:
         self.kick()
 
     async def stop(self) -> None:
-        """Stop the loop task."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the loop task and pending worker starts."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in [self._task, *self._starts]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = None
 
     def view(self) -> SchedulerView:
         """The active policy."""
         return self._view.model_copy()
+
+    # -- ClusterListener: keep the state in step (deferred during a policy call) -----------
+
+    def _mutate(self, fn: Callable[[], object]) -> None:
+        if not HAVE_CORE_SCHEDULING:  # pragma: no cover
+            return
+        if self._in_flight:
+            self._deferred.append(fn)
+            return
+        try:
+            fn()
+        except Exception:  # the state must never take the runtime down
+            log(
+                "scheduler.error", "cluster state update failed", level=logging.ERROR, exc_info=True
+            )
+
+    def job_queued(self, job: Any) -> None:
+        """See :class:`ClusterListener`."""
+        self._mutate(lambda: None if self.state.get_job(job.job_id) else self._add(job))
+
+    def _add(self, job: Any) -> None:
+        if job.status is JobStatus.QUEUED and not self.state.is_running(job.job_id):
+            self.state.add_job(job)
+
+    def job_unqueued(self, job_id: str) -> None:
+        """See :class:`ClusterListener`."""
+        self._mutate(lambda: self.state.remove_job(job_id) if self.state.get_job(job_id) else None)
+
+    def job_dispatched(self, job_id: str, worker_id: str, now: float) -> None:
+        """See :class:`ClusterListener`."""
+
+        def apply() -> None:
+            if self.state.get_job(job_id) is not None:
+                self.state.job_dispatched(job_id, worker_id, now=now)
+
+        self._mutate(apply)
+
+    def job_released(self, job_id: str, now: float) -> None:
+        """See :class:`ClusterListener`."""
+        self._mutate(lambda: self.state.job_finished(job_id, now=now))
+
+    def pool_updated(self, pool: PoolInfo) -> None:
+        """See :class:`ClusterListener`."""
+        self._mutate(lambda: self.state.upsert_pool(pool))
+
+    def pool_removed(self, pool_id: str) -> None:
+        """See :class:`ClusterListener`."""
+        self._mutate(
+            lambda: self.state.remove_pool(pool_id) if self.state.pool_view(pool_id) else None
+        )
+
+    def pool_status(self, pool_id: str, status: PoolStatus) -> None:
+        """See :class:`ClusterListener`."""
+        self._mutate(
+            lambda: (
+                self.state.set_pool_status(pool_id, status)
+                if self.state.pool_view(pool_id)
+                else None
+            )
+        )
+
+    def changed(self) -> None:
+        """See :class:`ClusterListener`."""
+        self.kick()
+
+    def explain(self, job_id: str) -> dict[str, Any] | None:
+        """See :class:`ClusterListener` (the built-in policy can explain a waiting job)."""
+        explain = getattr(self, "scheduler", None) and getattr(self.scheduler, "explain_job", None)
+        if not HAVE_CORE_SCHEDULING or explain is None or self._in_flight:
+            return None
+        result: dict[str, Any] = explain(self.state.snapshot(self.orch.clock()), job_id)
+        return result
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.debounce_s:
+                await asyncio.sleep(self.debounce_s)
+                self._wake.clear()
+            t0 = time.perf_counter()
+            try:
+                again = await self.run_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log("scheduler.error", "scheduling pass failed", level=logging.ERROR, exc_info=True)
+                again = False
+            self.orch.metrics.scheduling_latency.observe(time.perf_counter() - t0)
+            if again:
+                self._wake.set()
+
+    async def run_pass(self) -> bool:
+        """One pass; True if it changed something (another pass may find more to do)."""
+        if not self.orch.ready:
+            return False
+        if not HAVE_CORE_SCHEDULING:  # pragma: no cover
+            return self._interim_pass()
+        decision = await self._decide()
+        if decision is None:
+            return False
+        return await self._execute(decision)
+
+    def _interim_pass(self) -> bool:  # pragma: no cover
+        # Only for an orchestrator_core without its scheduling package: first eligible job
+        # to the first free worker serving its model. Not a policy; removed once the core
+        # scheduling package is everywhere.
+        free: dict[str, list[tuple[str, str]]] = {}
+        for pool in self.orch.registry.list():
+            if pool.status is PoolStatus.OFFLINE:
+                continue
+            for w in pool.workers:
+                slots = w.max_concurrency - self.orch.worker_load(pool.pool_id, w.worker_id)
+                if str(w.status) in ("ready", "busy") and slots > 0:
+                    free.setdefault(w.model_ref, []).extend([(pool.pool_id, w.worker_id)] * slots)
+        changed = False
+        for job in list(self.orch.eligible_jobs(self.orch.config.scheduler.snapshot_window)):
+            candidates = free.get(job.model_ref)
+            if candidates:
+                pool_id, worker_id = candidates.pop(0)
+                changed = self.orch.dispatch(job.job_id, pool_id, worker_id) is None or changed
+        return changed
+
+    async def _decide(self) -> Decision | None:
+        scheduler = self.scheduler
+        snapshot = self.state.snapshot(self.orch.clock())
+        self._in_flight = True
+        try:
+            task = asyncio.ensure_future(asyncio.to_thread(scheduler.schedule, snapshot))
+            done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+            if not done:
+                self._view.errors += 1
+                self.orch.metrics.scheduler_errors.labels("slow").inc()
+                log(
+                    "scheduler.error",
+                    f"policy call exceeded {self.timeout_s:g}s",
+                    level=logging.WARNING,
+                    policy=scheduler.name,
+                )
+                await asyncio.wait({task})  # the state stays frozen until it returns
+            decision = task.result()
+        except Exception as exc:
+            self._view.errors += 1
+            self.orch.metrics.scheduler_errors.labels(type(exc).__name__).inc()
+            log(
+                "scheduler.error",
+                f"policy call failed: {exc}",
+                level=logging.ERROR,
+                policy=scheduler.name,
+            )
+            decision = None
+        finally:
+            self._in_flight = False
+            deferred, self._deferred = self._deferred, []
+            for fn in deferred:
+                self._mutate(fn)
+        self._view.passes += 1
+        return decision
+
+    async def _execute(self, decision: Decision) -> bool:
+        actions = list(iter_actions(decision))
+        if not any(not isinstance(a, Wait) for a in actions):
+            for act in actions:
+                self._wait(act)  # type: ignore[arg-type]
+            return False
+        # Reality may have moved during the call: check the decision against it now and
+        # drop (log, count) what no longer fits; the rest is executed in order.
+        refused = {
+            r.action_index if r.action_index is not None else 0: r
+            for r in validate_decision(decision, self.state.snapshot(self.orch.clock()))
+        }
+        changed = False
+        for i, act in enumerate(actions):
+            if i in refused:
+                self._drop(act, refused[i].message, str(refused[i].code))
+                continue
+            changed = await self._one(act) or changed
+        return changed
+
+    def _drop(self, act: Action, why: str, kind: str) -> None:
+        self.orch.metrics.decisions_dropped.labels(act.action).inc()
+        log("scheduler.decision_dropped", why, level=logging.INFO, action=act.action, reason=kind)
+
+    def _wait(self, act: Wait) -> None:
+        if act.retry_after_ms is None or self._timer is not None:
+            return
+
+        def due() -> None:
+            self._timer = None
+            self.kick()
+
+        delay = min(60.0, act.retry_after_ms / 1000)
+        self._timer = asyncio.get_running_loop().call_later(delay, due)
+
+    def _pool_of(self, worker_id: str) -> str | None:
+        view = self.state.worker_view(worker_id)
+        return None if view is None else view.pool_id
+
+    async def _one(self, act: Action) -> bool:
+        orch = self.orch
+        if isinstance(act, Dispatch):
+            pool_id = act.pool_id or self._pool_of(act.worker_id)
+            why = (
+                "unknown worker"
+                if pool_id is None
+                else orch.dispatch(act.job_id, pool_id, act.worker_id)
+            )
+            if why is not None:
+                self._drop(act, why, "reality")
+                return False
+            live = orch.active.get(act.job_id)
+            if live is not None and act.explanation:
+                live.explanation = dict(act.explanation)
+            return True
+        if isinstance(act, Reject):
+            if not await orch.reject(act.job_id, act.code, act.message or str(act.code)):
+                self._drop(act, "job is not queued", "reality")
+                return False
+            return True
+        if isinstance(act, StartWorker):
+            placeholder = self.state.start_requested(
+                act.pool_id, act.gpu_id, act.model_ref, now=orch.clock()
+            )
+            task = asyncio.get_running_loop().create_task(self._start(act, placeholder))
+            self._starts.add(task)
+            task.add_done_callback(self._starts.discard)
+            return True
+        if isinstance(act, EvictWorker):
+            pool_id = act.pool_id or self._pool_of(act.worker_id)
+            if pool_id is None or orch.worker_load(pool_id, act.worker_id) > 0:
+                self._drop(act, "worker gone or busy", "reality")
+                return False
+            self.state.stop_requested(act.worker_id)
+            task = asyncio.get_running_loop().create_task(
+                self._evict(pool_id, act.worker_id, act.reason or "policy")
+            )
+            self._starts.add(task)
+            task.add_done_callback(self._starts.discard)
+            return True
+        self._wait(act)
+        return False
+
+    async def _start(self, act: StartWorker, placeholder: str) -> None:
+        worker_id = await self.orch.start_worker(act.pool_id, act.gpu_id, act.model_ref)
+        if worker_id is None:
+            self._mutate(lambda: self.state.start_failed(placeholder))
+        else:
+            self._mutate(lambda: self.state.start_confirmed(placeholder, worker_id))
+        self.kick()
+
+    async def _evict(self, pool_id: str, worker_id: str, reason: str) -> None:
+        await self.orch.evict_worker(pool_id, worker_id, reason)
+        self.kick()
+
+    # -- hot swap --------------------------------------------------------------------------
 
     async def swap(self, update: SchedulerUpdate) -> SchedulerView:
         """Validate ``update`` and make it the active policy. Problems are reported as
@@ -116,16 +437,21 @@ class SchedulingLoop:
         data["scheduler"] = {k: v for k, v in section.items() if v is not None}
         try:
             config = OrchestratorConfig.from_mapping(data, env={})
+            if not HAVE_CORE_SCHEDULING:  # pragma: no cover
+                raise ConfigInvalid(["scheduler.policy: policies are not available in this build"])
+            scheduler = build_scheduler(config, self.registry)
         except ConfigInvalid as exc:
             raise _invalid(exc.problems) from None
-        if config.scheduler.policy in ("rhai", "rules"):
-            raise _invalid(
-                [f"policy: {config.scheduler.policy!r} policies are not available in this build"]
-            )
+        while self._in_flight:  # never swap under a running policy call
+            await asyncio.sleep(0.001)
+        self.state.reindex(order=build_queue_order(config), placement=build_placement(config))
+        self.scheduler = scheduler
         self._view = SchedulerView(
-            policy=config.scheduler.policy,
+            policy=scheduler.name or config.scheduler.policy,
             placement=config.scheduler.placement,
             since=self.orch.clock(),
+            script=update.script,
+            rules=update.rules,
         )
         log(
             "scheduler.swapped",
@@ -135,44 +461,3 @@ class SchedulingLoop:
         )
         self.kick()
         return self.view()
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self.debounce_s:
-                await asyncio.sleep(self.debounce_s)
-                self._wake.clear()
-            t0 = time.perf_counter()
-            try:
-                again = await self.run_pass()
-            except Exception:
-                log("scheduler.error", "scheduling pass failed", level=logging.ERROR, exc_info=True)
-                again = False
-            self.orch.metrics.scheduling_latency.observe(time.perf_counter() - t0)
-            if again:
-                self._wake.set()
-
-    async def run_pass(self) -> bool:
-        """One pass; True if it changed something (another pass may find more to do)."""
-        return self._interim_pass()
-
-    def _interim_pass(self) -> bool:
-        # INTERIM until orchestrator_core.scheduling lands: first eligible job to the first
-        # free worker serving its model. Replaced by the core policy; not a policy of its own.
-        free: dict[str, list[tuple[str, str]]] = {}
-        for pool in self.orch.registry.list():
-            if str(pool.status) == "offline":
-                continue
-            for w in pool.workers:
-                slots = w.max_concurrency - self.orch.worker_load(pool.pool_id, w.worker_id)
-                if str(w.status) in ("ready", "busy") and slots > 0:
-                    free.setdefault(w.model_ref, []).extend([(pool.pool_id, w.worker_id)] * slots)
-        changed = False
-        for job in list(self.orch.eligible_jobs(self.orch.config.scheduler.snapshot_window)):
-            candidates = free.get(job.model_ref)
-            if candidates:
-                pool_id, worker_id = candidates.pop(0)
-                if self.orch.dispatch(job.job_id, pool_id, worker_id) is None:
-                    changed = True
-        return changed
