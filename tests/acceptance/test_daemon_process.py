@@ -285,3 +285,50 @@ def test_client_gone_past_the_grace_period_cancels_the_job(daemon: DaemonProcess
     assert final["status"] == "cancelled"
     assert final["error"]["code"] == "CANCELLED"
     assert "client disconnected" in final["error"]["message"]
+
+
+def test_simulated_pool_gets_a_worker_started_and_runs_jobs(tmp_path: Path) -> None:
+    """The full loop with ``llorch-sim pool``: it registers and heartbeats, the built-in
+    policy asks it to start a worker for the queued model, the job runs there."""
+    with DaemonProcess(tmp_path, config()) as d:
+        exe = str(Path(sys.executable).parent / "llorch-sim")
+        pool = subprocess.Popen(
+            [
+                exe,
+                "pool",
+                "--orchestrator",
+                d.url,
+                "--pool-id",
+                "sim-1",
+                "--gpus",
+                "1",
+                "--vram-gb",
+                "24",
+                "--models",
+                "m1:6",
+                "--heartbeat-interval",
+                "0.5",
+                "--ttft-ms",
+                "5",
+                "--tokens-per-s",
+                "500",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            wait_until(
+                lambda: httpx.get(d.url + "/v2/pools").json()["pools"],
+                20,
+                "the simulated pool to register",
+            )
+            jobs = [submit(d, max_tokens=6).json()["job_id"] for _ in range(3)]
+            finals = [wait_terminal(d, j, timeout_s=30) for j in jobs]
+        finally:
+            pool.terminate()
+            pool.wait(10)
+    assert [f["status"] for f in finals] == ["completed"] * 3
+    assert {f["pool_id"] for f in finals} == {"sim-1"}
+    assert all(f["tokens_generated"] == 6 for f in finals)

@@ -32,35 +32,29 @@ from orchestrator_core import (
 )
 from orchestrator_core.api import ApiModel
 from orchestrator_core.errors import FieldError
+from orchestrator_core.scheduling.decisions import (
+    Action,
+    Decision,
+    Dispatch,
+    EvictWorker,
+    Reject,
+    StartWorker,
+    Wait,
+    iter_actions,
+)
+from orchestrator_core.scheduling.scheduler import (
+    Scheduler,
+    SchedulerRegistry,
+    build_placement,
+    build_queue_order,
+    build_scheduler,
+)
+from orchestrator_core.scheduling.state import ClusterState
+from orchestrator_core.scheduling.validation import validate_decision
 from pydantic import BaseModel, Field
 
 from orchestratord.logs import log
 from orchestratord.runtime import ClusterListener, Orchestrator
-
-try:  # orchestrator_core.scheduling (the indexed cluster state and the built-in policies)
-    from orchestrator_core.scheduling.decisions import (
-        Action,
-        Decision,
-        Dispatch,
-        EvictWorker,
-        Reject,
-        StartWorker,
-        Wait,
-        iter_actions,
-    )
-    from orchestrator_core.scheduling.scheduler import (
-        Scheduler,
-        SchedulerRegistry,
-        build_placement,
-        build_queue_order,
-        build_scheduler,
-    )
-    from orchestrator_core.scheduling.state import ClusterState
-    from orchestrator_core.scheduling.validation import validate_decision
-
-    HAVE_CORE_SCHEDULING = True
-except ImportError:  # pragma: no cover - an orchestrator_core without scheduling
-    HAVE_CORE_SCHEDULING = False
 
 __all__ = ["SchedulerUpdate", "SchedulerView", "SchedulingLoop"]
 
@@ -129,8 +123,6 @@ class SchedulingLoop(ClusterListener):
         self._view = SchedulerView(
             policy=cfg.scheduler.policy, placement=cfg.scheduler.placement, since=orch.clock()
         )
-        if not HAVE_CORE_SCHEDULING:  # pragma: no cover - see _interim_pass
-            return
         self.state = ClusterState.from_config(cfg)
         self.scheduler: Scheduler = build_scheduler(cfg, registry)
         self._view.policy = self.scheduler.name or cfg.scheduler.policy
@@ -168,8 +160,6 @@ class SchedulingLoop(ClusterListener):
     # -- ClusterListener: keep the state in step (deferred during a policy call) -----------
 
     def _mutate(self, fn: Callable[[], object]) -> None:
-        if not HAVE_CORE_SCHEDULING:  # pragma: no cover
-            return
         if self._in_flight:
             self._deferred.append(fn)
             return
@@ -231,8 +221,8 @@ class SchedulingLoop(ClusterListener):
 
     def explain(self, job_id: str) -> dict[str, Any] | None:
         """See :class:`ClusterListener` (the built-in policy can explain a waiting job)."""
-        explain = getattr(self, "scheduler", None) and getattr(self.scheduler, "explain_job", None)
-        if not HAVE_CORE_SCHEDULING or explain is None or self._in_flight:
+        explain = getattr(self.scheduler, "explain_job", None)
+        if explain is None or self._in_flight:
             return None
         result: dict[str, Any] = explain(self.state.snapshot(self.orch.clock()), job_id)
         return result
@@ -262,32 +252,10 @@ class SchedulingLoop(ClusterListener):
         """One pass; True if it changed something (another pass may find more to do)."""
         if not self.orch.ready:
             return False
-        if not HAVE_CORE_SCHEDULING:  # pragma: no cover
-            return self._interim_pass()
         decision = await self._decide()
         if decision is None:
             return False
         return await self._execute(decision)
-
-    def _interim_pass(self) -> bool:  # pragma: no cover
-        # Only for an orchestrator_core without its scheduling package: first eligible job
-        # to the first free worker serving its model. Not a policy; removed once the core
-        # scheduling package is everywhere.
-        free: dict[str, list[tuple[str, str]]] = {}
-        for pool in self.orch.registry.list():
-            if pool.status is PoolStatus.OFFLINE:
-                continue
-            for w in pool.workers:
-                slots = w.max_concurrency - self.orch.worker_load(pool.pool_id, w.worker_id)
-                if str(w.status) in ("ready", "busy") and slots > 0:
-                    free.setdefault(w.model_ref, []).extend([(pool.pool_id, w.worker_id)] * slots)
-        changed = False
-        for job in list(self.orch.eligible_jobs(self.orch.config.scheduler.snapshot_window)):
-            candidates = free.get(job.model_ref)
-            if candidates:
-                pool_id, worker_id = candidates.pop(0)
-                changed = self.orch.dispatch(job.job_id, pool_id, worker_id) is None or changed
-        return changed
 
     async def _decide(self) -> Decision | None:
         scheduler = self.scheduler
@@ -437,8 +405,6 @@ class SchedulingLoop(ClusterListener):
         data["scheduler"] = {k: v for k, v in section.items() if v is not None}
         try:
             config = OrchestratorConfig.from_mapping(data, env={})
-            if not HAVE_CORE_SCHEDULING:  # pragma: no cover
-                raise ConfigInvalid(["scheduler.policy: policies are not available in this build"])
             scheduler = build_scheduler(config, self.registry)
         except ConfigInvalid as exc:
             raise _invalid(exc.problems) from None
