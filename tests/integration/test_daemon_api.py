@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,6 +48,26 @@ class Daemon:
         self.app = app
         self.worker = worker
         self.orch = app.state.orchestrator
+
+    @contextlib.asynccontextmanager
+    async def heartbeats(self, pool_id: str = "pool-a") -> AsyncIterator[None]:
+        """Heartbeat like a pool agent (every 20 ms) while the block runs: a worker the
+        daemon marked failed comes back when its pool reports it ready again."""
+        workers = pool_registration(pool_id)["workers"]
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(0.02)
+                body = {"sent_at": self.orch.clock(), "workers": workers}
+                await self.client.post(f"/v2/pools/{pool_id}/heartbeat", json=body)
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def submit(self, **fields: Any) -> httpx.Response:
         body = {"model": "m1", "prompt": "hello there", "max_tokens": 8, **fields}
@@ -211,13 +233,24 @@ async def test_worker_dies_before_first_token_is_retried(daemon: Daemon) -> None
     uri = "http://worker-pool-a-0"
     daemon.worker.plan(uri, WorkerScript(failure="lost_before_token"))
     daemon.worker.plan(uri, WorkerScript(failure="unreachable"))
-    job_id = (await daemon.submit()).json()["job_id"]
-    await wait_for(lambda: job_id not in daemon.orch.active)
+    async with daemon.heartbeats():
+        job_id = (await daemon.submit()).json()["job_id"]
+        await wait_for(lambda: job_id not in daemon.orch.active)
     final = await daemon.status(job_id)
     assert final["status"] == "completed"
     assert final["attempts"] == 3
     kinds = [k for _, k, _ in await daemon.events(job_id)]
     assert kinds.count("started") == 1 and kinds[-1] == "end"
+
+
+async def test_a_failed_worker_gets_no_jobs_until_its_pool_reports_it(daemon: Daemon) -> None:
+    await daemon.register(workers=2)
+    daemon.worker.plan("http://worker-pool-a-0", WorkerScript(failure="unreachable"))
+    first = (await daemon.submit()).json()["job_id"]
+    await wait_for(lambda: first not in daemon.orch.active)
+    assert (await daemon.status(first))["worker_id"] == "pool-a-w1"  # the retry went elsewhere
+    calls = [uri for uri, _ in daemon.worker.calls]
+    assert calls == ["http://worker-pool-a-0", "http://worker-pool-a-1"]
 
 
 async def test_worker_dies_after_first_token_fails_worker_failed(daemon: Daemon) -> None:
@@ -236,8 +269,9 @@ async def test_worker_dies_after_first_token_fails_worker_failed(daemon: Daemon)
 async def test_retries_run_out_with_dispatch_failed(daemon: Daemon) -> None:
     await daemon.register()
     daemon.worker.default = WorkerScript(failure="unreachable")
-    job_id = (await daemon.submit()).json()["job_id"]
-    await wait_for(lambda: job_id not in daemon.orch.active)
+    async with daemon.heartbeats():
+        job_id = (await daemon.submit()).json()["job_id"]
+        await wait_for(lambda: job_id not in daemon.orch.active)
     final = await daemon.status(job_id)
     assert final["error"]["code"] == "DISPATCH_FAILED"
     assert final["attempts"] == 3

@@ -142,6 +142,10 @@ class ClusterListener:
     def pool_status(self, pool_id: str, status: PoolStatus) -> None:
         """The registry derived a new status for a pool."""
 
+    def worker_failed(self, worker_id: str) -> None:
+        """A worker could not be reached or died mid-job: take no more jobs there until a
+        heartbeat reports it again."""
+
     def changed(self) -> None:
         """Something scheduling-relevant changed: run a pass soon."""
 
@@ -724,9 +728,11 @@ class Orchestrator:
         except WorkerUnreachable as exc:
             self._release(a, pool_id, worker_id)
             self.metrics.dispatch.labels("unreachable").inc()
+            self.listener.worker_failed(worker_id)
             await self.fault(a, ErrorCode.DISPATCH_FAILED, str(exc))
         except WorkerLost as exc:
             self._release(a, pool_id, worker_id)
+            self.listener.worker_failed(worker_id)
             await self.fault(a, ErrorCode.WORKER_FAILED, str(exc))
         except Exception as exc:
             self._release(a, pool_id, worker_id)

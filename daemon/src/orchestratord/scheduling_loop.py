@@ -29,6 +29,7 @@ from orchestrator_core import (
     PoolInfo,
     PoolStatus,
     RequestInvalid,
+    WorkerStatus,
 )
 from orchestrator_core.api import ApiModel
 from orchestrator_core.errors import FieldError
@@ -211,6 +212,16 @@ class SchedulingLoop(ClusterListener):
             lambda: (
                 self.state.set_pool_status(pool_id, status)
                 if self.state.pool_view(pool_id)
+                else None
+            )
+        )
+
+    def worker_failed(self, worker_id: str) -> None:
+        """See :class:`ClusterListener` (the next heartbeat's report replaces the mark)."""
+        self._mutate(
+            lambda: (
+                self.state.mark_worker(worker_id, WorkerStatus.FAILED)
+                if self.state.worker_view(worker_id)
                 else None
             )
         )
