@@ -42,6 +42,7 @@ from orchestrator_core import (
     http_status_for,
 )
 from orchestrator_core.errors import ConfigInvalid, FieldError
+from orchestrator_core.scheduling.scheduler import SchedulerRegistry
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -302,9 +303,13 @@ def create_app(
     worker_client: WorkerClient | None = None,
     pool_client: PoolAgentClient | None = None,
     metrics: Metrics | None = None,
+    scheduler_registry: SchedulerRegistry | None = None,
 ) -> FastAPI:
     """Build the daemon's app for ``config``. The runtime starts and stops with the app's
-    lifespan (``app.state.orchestrator`` is the :class:`Orchestrator`)."""
+    lifespan (``app.state.orchestrator`` is the :class:`Orchestrator`,
+    ``app.state.scheduling`` the :class:`SchedulingLoop`). ``scheduler_registry`` names the
+    policies ``scheduler.policy`` may choose (default: the core's built-ins). Raises
+    :class:`ConfigInvalid` for a policy no scheduler is registered for."""
     metrics = metrics or Metrics()
     orch = Orchestrator(
         config,
@@ -314,7 +319,7 @@ def create_app(
         clock=clock,
         metrics=metrics,
     )
-    loop = SchedulingLoop(orch)
+    loop = SchedulingLoop(orch, registry=scheduler_registry)
     auth = Authenticator(config)
     limit = config.server.max_body_bytes
 

@@ -103,7 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestratord.logs import setup_logging
 
     setup_logging(args.log_level)
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except ConfigInvalid as exc:  # e.g. a policy that no scheduler is registered for
+        print("orchestratord: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     uvicorn.run(
         app,
         host=config.server.host,
