@@ -188,7 +188,8 @@ def test_tables_and_colour_only_on_a_terminal_without_no_color():
     rows = [["job-1", "running"]]
     tty = _Tty()
     Output(json_mode=False, env={}, stdout=tty, stderr=io.StringIO()).table(["a", "b"], rows)
-    assert "┃" in tty.getvalue() or "│" in tty.getvalue()
+    assert "\t" not in tty.getvalue(), "an aligned table, not tab-separated"
+    assert "job-1  running" in tty.getvalue().replace("\x1b[0m", "")
     assert "\x1b[" in tty.getvalue()
     plain_tty = _Tty()
     out = Output(json_mode=False, env={"NO_COLOR": "1"}, stdout=plain_tty, stderr=io.StringIO())

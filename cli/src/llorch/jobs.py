@@ -101,7 +101,7 @@ def _handle(out: Output, progress: _Progress, event: SseEvent) -> ExitCode | Non
         out.json_line({"event": event.event, "id": event.id, "data": data})
     job = progress.job_id
     if event.event == "token":
-        text = data.get("t", "") if isinstance(data, dict) else str(data)
+        text = data.get("t", data.get("text", "")) if isinstance(data, dict) else str(data)
         if not isinstance(text, str):
             text = str(text)
         progress.tokens += 1

@@ -125,7 +125,10 @@ class Output:
         title: str | None = None,
         no_wrap: Sequence[str] = (),
     ) -> None:
-        """A table: rich on a terminal, tab-separated with a header line when piped."""
+        """A table: rich on a terminal, tab-separated with a header line when piped.
+
+        On a terminal, columns named in ``no_wrap`` are never squeezed or wrapped; the others
+        fold when the terminal is too narrow."""
         if not self.tty:
             if title:
                 self.text(f"# {title}")
@@ -133,9 +136,29 @@ class Output:
             for row in rows:
                 self.text("\t".join(_plain(c) for c in row))
             return
-        table = Table(title=title, title_justify="left", header_style="bold", expand=False)
-        for column in columns:
-            table.add_column(column.upper(), no_wrap=column in no_wrap, overflow="fold")
+        # kubectl-like: no borders, two spaces between columns, bold header.
+        table = Table(
+            title=title,
+            title_justify="left",
+            title_style="bold underline",
+            header_style="bold",
+            box=None,
+            padding=(0, 2, 0, 0),
+            pad_edge=False,
+            show_edge=False,
+            expand=False,
+        )
+        for i, column in enumerate(columns):
+            header = column.upper()
+            widest = max([len(header), *(len(_plain(row[i])) for row in rows)])
+            # no_wrap columns (ids, states, numbers) keep their full width; the others fold,
+            # but never narrower than their header.
+            table.add_column(
+                header,
+                no_wrap=column in no_wrap,
+                min_width=widest if column in no_wrap else min(len(header), widest),
+                overflow="fold",
+            )
         for row in rows:
             table.add_row(*row)
         self.console.print(table)

@@ -87,9 +87,9 @@ def vram_bar(used: int, total: int, width: int = 20) -> Text:
     return bar
 
 
-def _vram_cell(out: Output, used: int, total: int) -> Cell:
+def _vram_cell(out: Output, used: int, total: int, width: int = 20) -> Cell:
     if out.tty:
-        return vram_bar(used, total)
+        return vram_bar(used, total, width)
     return f"{gib(used)}/{gib(total)} GiB"
 
 
@@ -103,7 +103,10 @@ def _where(job: JobStatusResponse) -> str:
 
 
 def render_jobs(out: Output, jobs: list[JobStatusResponse], now: float) -> None:
-    """The job list as a table."""
+    """The job list as a table. Piped output always has the same columns (scripts count on
+    them); on a terminal, the session and error columns appear only when some job has one and
+    the worker is left to ``jobs status``."""
+    columns = ["job", "status", "priority", "model", "session", "tokens", "age", "where", "error"]
     rows: list[list[Cell]] = [
         [
             job.job_id,
@@ -118,8 +121,18 @@ def render_jobs(out: Output, jobs: list[JobStatusResponse], now: float) -> None:
         ]
         for job in jobs
     ]
-    columns = ["job", "status", "priority", "model", "session", "tokens", "age", "where", "error"]
-    out.table(columns, rows, no_wrap=["job"])
+    if out.tty:
+        keep = [
+            i
+            for i, name in enumerate(columns)
+            if (name != "session" or any(j.session_id for j in jobs))
+            and (name != "error" or any(j.error for j in jobs))
+        ]
+        columns = ["pool" if columns[i] == "where" else columns[i] for i in keep]
+        rows = [[row[i] for i in keep] for row in rows]
+        for row, job in zip(rows, jobs, strict=True):
+            row[columns.index("pool")] = job.pool_id or "-"
+    out.table(columns, rows, no_wrap=["job", "status", "priority", "tokens", "age", "error"])
 
 
 def render_job(out: Output, job: JobStatusResponse, now: float) -> None:
@@ -180,13 +193,13 @@ def render_pools(out: Output, pools: list[PoolInfo], now: float) -> None:
                 styled(str(pool.status)),
                 pool.endpoint,
                 str(len(pool.gpus)),
-                _vram_cell(out, used, total),
+                _vram_cell(out, used, total, width=10),
                 _worker_summary(pool.workers),
                 age(pool.last_heartbeat, now),
             ]
         )
     columns = ["pool", "status", "endpoint", "gpus", "vram used", "workers", "heartbeat"]
-    out.table(columns, rows, no_wrap=["pool", "vram used"])
+    out.table(columns, rows, no_wrap=["pool", "status", "gpus", "vram used", "heartbeat"])
 
 
 def render_pool(out: Output, pool: PoolInfo, now: float) -> None:
@@ -221,7 +234,7 @@ def render_pool(out: Output, pool: PoolInfo, now: float) -> None:
         ["gpu", "name", "vram used", "free gib", "util"],
         gpu_rows,
         title="GPUs",
-        no_wrap=["vram used"],
+        no_wrap=["gpu", "vram used", "free gib", "util"],
     )
     out.line()
     worker_rows: list[list[Cell]] = [
@@ -241,22 +254,27 @@ def render_pool(out: Output, pool: PoolInfo, now: float) -> None:
         ["worker", "model", "state", "gpus", "job", "slots", "done", "idle"],
         worker_rows,
         title="Workers",
-        no_wrap=["worker"],
+        no_wrap=["worker", "state", "slots", "done", "idle"],
     )
 
 
 # -- scheduler --------------------------------------------------------------------------------
 
 
-def render_scheduler(out: Output, data: Mapping[str, Any]) -> None:
+def render_scheduler(out: Output, data: Mapping[str, Any], now: float) -> None:
     """The daemon's scheduler description: scalar facts first, then any policy source."""
     pairs: list[tuple[str, Cell]] = []
     source: str | None = None
     for key, value in data.items():
-        if key in ("script", "source", "rules") and isinstance(value, str) and "\n" in value:
+        if value is None:
+            continue
+        if key in ("script", "source", "rules") and isinstance(value, str):
             source = value
             continue
-        shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        if key in ("since", "activated_at") and isinstance(value, int | float):
+            shown = _when(float(value), now)
+        else:
+            shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         pairs.append((key, shown))
     out.fields(pairs)
     if source is not None:

@@ -38,7 +38,7 @@ def show(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if out.json_mode:
         out.json(data)
     else:
-        render_scheduler(out, data)
+        render_scheduler(out, data, sess.seams.clock())
 
 
 def _print_problems(out: Output, path: Path, report: dict[str, Any]) -> None:
@@ -100,17 +100,33 @@ def dry_run(
 
 
 @app.command()
-def apply(ctx: typer.Context, file: PolicyFile, json_out: JsonOpt = False) -> None:
-    """Hot-swap the daemon's policy with FILE (the daemon validates it before activating)."""
+def apply(
+    ctx: typer.Context,
+    file: PolicyFile,
+    placement: Annotated[
+        str | None,
+        typer.Option(help="Placement to use with it: least-loaded, most-vram-free, round-robin."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Hot-swap the daemon's policy with FILE, without a restart.
+
+    The daemon validates the policy before activating it; an invalid one is refused (exit 2)
+    and the active policy stays. Needs an operator token outside home mode.
+    """
     sess = Session.of(ctx)
     out = sess.out(json_out)
     kind = policies.policy_kind(file)
     source = policies.read_policy(file)
-    body = {"policy": kind, ("script" if kind == "rhai" else "rules"): source}
+    body: dict[str, Any] = {"policy": kind, ("script" if kind == "rhai" else "rules"): source}
+    if placement is not None:
+        body["placement"] = placement
     reply = sess.client().apply_scheduler(body)
     if out.json_mode:
         out.json(reply)
         return
     out.line(Text(f"{file}: applied ({kind} policy active)", style="green"))
     if reply:
-        render_scheduler(out, reply)
+        reply.pop("script", None)
+        reply.pop("rules", None)
+        render_scheduler(out, reply, sess.seams.clock())
