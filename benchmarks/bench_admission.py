@@ -15,6 +15,7 @@ Run: .venv/bin/python benchmarks/bench_admission.py [--quick]
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -36,31 +37,59 @@ context_length = 8192
 BODY = {"model": "m1", "prompt": "Summarise the plot of Hamlet in one line.", "max_tokens": 64}
 
 
+async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
+    """Send one pre-built HTTP/1.1 request on a kept-alive connection; return the status."""
+    writer.write(raw)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    return status
+
+
+def _raw(method: str, path: str, port: int) -> bytes:
+    body = json.dumps(BODY).encode() if method == "POST" else b""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 async def run(url: str, method: str, path: str, clients: int, total: int) -> dict[str, float]:
-    """``total`` requests from ``clients`` concurrent clients; latency of each."""
+    """``total`` requests from ``clients`` concurrent keep-alive connections (a minimal
+    HTTP/1.1 client, so that the load generator costs as little CPU as possible)."""
+    port = int(url.rsplit(":", 1)[1])
+    raw = _raw(method, path, port)
     latencies: list[float] = []
     failures = 0
     per_client = total // clients
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
 
-        async def client() -> None:
-            nonlocal failures
+    async def client() -> None:
+        nonlocal failures
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await _request(reader, writer, _raw("GET", "/health", port))  # warm-up
+            await start.wait()
             for _ in range(per_client):
                 t0 = time.perf_counter()
-                if method == "POST":
-                    r = await http.post(path, json=BODY)
-                else:
-                    r = await http.get(path)
+                status = await _request(reader, writer, raw)
                 latencies.append(time.perf_counter() - t0)
-                if r.status_code >= 300:
+                if status >= 300:
                     failures += 1
+        finally:
+            writer.close()
 
-        # warm-up: connections and code paths
-        await asyncio.gather(*(http.get("/health") for _ in range(clients)))
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        elapsed = time.perf_counter() - t0
+    start = asyncio.Event()
+    tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    await asyncio.sleep(0.2)
+    t0 = time.perf_counter()
+    start.set()
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
     latencies.sort()
     return {
         "rps": len(latencies) / elapsed,
