@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from orchestrator_core import TaskSubmitRequest
 from orchestratord import MemoryStore, create_app
+from orchestratord.logs import JsonFormatter
 from orchestratord.testing import (
     RecordingPoolAgentClient,
     ScriptedWorkerClient,
@@ -123,6 +125,25 @@ async def test_submit_returns_202_with_position_and_events_url(daemon: Daemon) -
     assert status["status"] == "queued"
     assert status["model"] == "m1"
     assert len(status["prompt_hash"]) == 64
+
+
+async def test_a_waiting_job_explains_itself_and_logs_carry_the_correlation_id(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="orchestratord")
+    r = await daemon.client.post(
+        "/v2/tasks",
+        json={"model": "m1", "prompt": "p", "max_tokens": 2},
+        headers={"X-Correlation-Id": "trace-42"},
+    )
+    job_id = r.json()["job_id"]
+    status = await daemon.status(job_id)
+    assert status["explanation"] is not None and status["explanation"]["job_id"] == job_id
+    admitted = [rec for rec in caplog.records if getattr(rec, "event", "") == "job.admitted"]
+    assert admitted and admitted[0].correlation_id == "trace-42"  # type: ignore[attr-defined]
+    line = json.loads(JsonFormatter().format(admitted[0]))
+    assert line["event"] == "job.admitted" and line["job_id"] == job_id
+    assert line["correlation_id"] == "trace-42"
 
 
 async def test_alias_resolves_to_the_catalog_model(daemon: Daemon) -> None:

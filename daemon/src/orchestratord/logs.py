@@ -105,11 +105,8 @@ def log(
     logger = logging.getLogger(LOGGER_NAME)
     if not logger.isEnabledFor(level):
         return
-    logger.log(
-        level,
-        msg,
-        extra={"event": event, "correlation_id": correlation_id, "fields": fields},
-    )
+    cid = correlation_id or correlation_id_var.get()
+    logger.log(level, msg, extra={"event": event, "correlation_id": cid, "fields": fields})
 
 
 def fingerprint(secret: str) -> str:
