@@ -373,3 +373,37 @@ def test_cancel_of_an_unknown_job_exits_4_after_trying_the_others(fake):
     results = json.loads(result.stdout)["results"]
     assert results[0]["error"]["code"] == "JOB_NOT_FOUND"
     assert results[1]["status"] == "cancelled"
+
+
+def test_token_events_with_a_text_field_are_printed_too(fake):
+    original = fake._events
+
+    def text_key(job_id, request):
+        job = fake.jobs[job_id]
+        job.events = [
+            (i, name, {"i": d["i"], "text": d["t"]} if name == "token" else d)
+            for i, name, d in job.events
+        ]
+        return original(job_id, request)
+
+    fake._events = text_key
+    result = invoke(fake, "jobs", "submit", "-m", "m", "-p", "hi")
+    assert result.stdout == "The sky is blue."
+
+
+def test_prompt_file_dash_reads_stdin(fake):
+    result = invoke(fake, "jobs", "submit", "-m", "m", "--prompt-file", "-", stdin="piped")
+    assert result.exit_code == 0
+    assert json.loads(_posts(fake)[0].content)["prompt"] == "piped"
+
+
+def test_a_daemon_that_does_not_answer_in_time_exits_3(fake):
+    import httpx
+
+    def slow(request):
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    fake.handle = slow
+    result = invoke(fake, "--timeout", "0.5", "jobs", "list")
+    assert result.exit_code == ExitCode.UNREACHABLE
+    assert "(timed out)" in result.stderr

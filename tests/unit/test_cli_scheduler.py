@@ -57,3 +57,12 @@ def test_apply_rejects_unknown_file_kinds_and_missing_files(fake, tmp_path):
     assert missing.exit_code == ExitCode.USAGE
     assert "cannot read policy" in missing.stderr
     assert fake.requests == []
+
+
+def test_show_renders_the_activation_time_and_hides_empty_fields(fake):
+    fake.scheduler = {"policy": "rhai", "placement": "least-loaded", "since": fake.now - 90,
+                      "passes": 12, "script": None, "rules": None}  # fmt: skip
+    result = invoke(fake, "scheduler", "show")
+    assert "since\t2023-11-14 22:11:50 UTC (2m ago)" in result.stdout
+    assert "passes\t12" in result.stdout
+    assert "script" not in result.stdout
