@@ -407,3 +407,25 @@ def test_a_daemon_that_does_not_answer_in_time_exits_3(fake):
     result = invoke(fake, "--timeout", "0.5", "jobs", "list")
     assert result.exit_code == ExitCode.UNREACHABLE
     assert "(timed out)" in result.stderr
+
+
+def test_a_daemon_restarting_mid_stream_is_retried(fake):
+    """503 while the daemon comes back is transient once the stream had started."""
+    import httpx
+
+    original = fake._events
+    calls = []
+
+    def restarting(job_id, request):
+        calls.append(request)
+        if len(calls) == 1:
+            fake.drop_after = 3
+        if len(calls) == 2:
+            return httpx.Response(503, json={"error": {"code": "INTERNAL", "message": "starting"}})
+        return original(job_id, request)
+
+    fake._events = restarting
+    result = invoke(fake, "jobs", "submit", "-m", "m", "-p", "hi")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "The sky is blue."
+    assert len(calls) == 3

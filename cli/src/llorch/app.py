@@ -6,6 +6,7 @@ and the exit code of :mod:`llorch.exitcodes`; no traceback reaches the user.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -64,8 +65,6 @@ class LlorchGroup(TyperGroup):
 
 
 def _output(ctx: Any) -> Output:
-    import os
-
     session = ctx.obj
     json_mode = isinstance(session, Session) and session.json_mode
     return Output(json_mode=json_mode, env=os.environ)

@@ -108,6 +108,10 @@ def _reason(exc: httpx.TransportError) -> str:
     return text.splitlines()[0][:200]
 
 
+class _Transient(Exception):
+    """A stream request failed in a way worth retrying (the daemon is restarting)."""
+
+
 def _is_replayed(event_id: str, last: str | None) -> bool:
     """True when ``event_id`` is not after ``last`` (both integers); unknown orders pass."""
     if last is None:
@@ -295,7 +299,12 @@ class OrchestratorClient:
                 with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
                     if response.status_code >= 400:
                         response.read()
-                        raise self._api_error(response)
+                        error = self._api_error(response)
+                        # A daemon that restarts answers 502/503 for a moment: retry those
+                        # once the stream had started; anything else is final.
+                        if not (received_any and error.http_status in (502, 503, 504)):
+                            raise error
+                        raise _Transient(str(error))
                     decoder = SseDecoder()
                     lines = response.iter_lines()
                     while True:
@@ -319,6 +328,8 @@ class OrchestratorClient:
                 if not received_any and failures == 0 and isinstance(exc, httpx.ConnectError):
                     raise DaemonUnreachable(self.base_url, _reason(exc)) from None
                 reason = _reason(exc)
+            except _Transient as exc:
+                reason = str(exc)
             failures += 1
             if failures > self.max_reconnects:
                 raise StreamLost(job_id, last, reason)
