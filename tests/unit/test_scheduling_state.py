@@ -296,3 +296,18 @@ def test_the_state_stays_consistent_through_a_sequence_of_events() -> None:
         assert state.self_check() == []
     assert len(state) == 0
     assert isinstance(scheduler.schedule(state.snapshot(9.0)), Wait)
+
+
+def test_jobs_a_report_shows_beyond_the_known_ones_keep_their_slots_after_a_dispatch() -> None:
+    state = fresh()
+    # the pool reports one job the state does not know (e.g. from before a restart)
+    state.upsert_pool(one_pool(make_worker("w1", "m", slots=2, active=1, vram_gb=8)))  # type: ignore[arg-type]
+    state.add_job(make_job("j1", "m"))
+    state.add_job(make_job("j2", "m"))
+    decision = BuiltinScheduler().schedule(state.snapshot(1.0))
+    assert decision == Dispatch("j1", "w1", "p")
+    state.apply(decision, now=1.0)
+    assert status(state, "w1") is WorkerStatus.BUSY  # 1 unknown + 1 known = 2 slots
+    # the next heartbeat no longer shows the unknown job: one slot is free again
+    state.upsert_pool(one_pool(make_worker("w1", "m", slots=2, active=1, vram_gb=8)))  # type: ignore[arg-type]
+    assert status(state, "w1") is WorkerStatus.READY

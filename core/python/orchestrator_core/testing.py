@@ -170,9 +170,23 @@ class ClusterBuilder:
         self._pools: list[_PoolSpec] = []
         self._jobs: list[Job] = []
         self._clock = itertools.count(1)
+        self._calls: list[str] = [
+            f"cluster(order={order!r}, placement={placement!r}, enforce_quotas={enforce_quotas},"
+            f" quota_action={quota_action!r})"
+        ]
+
+    def _log(self, name: str, *args: object, **kwargs: object) -> None:
+        parts = [repr(a) for a in args]
+        parts += [f"{k}={v!r}" for k, v in kwargs.items()]
+        self._calls.append(f".{name}({', '.join(parts)})")
+
+    def __repr__(self) -> str:
+        """The builder calls that made this cluster, one per line (readable in test failures)."""
+        return "\n".join(self._calls)
 
     def model(self, model_ref: str, *, vram_gb: float = 0, aliases: Iterable[str] = ()) -> Self:
         """Add a catalog entry."""
+        self._log("model", model_ref, vram_gb=vram_gb, aliases=list(aliases))
         self._models.append(ModelInfo(model_ref, tuple(aliases), gb(vram_gb)))
         return self
 
@@ -185,6 +199,7 @@ class ClusterBuilder:
         max_queued: int | None = None,
     ) -> Self:
         """Add a tenant with a weight and quotas."""
+        self._log("tenant", tenant_id, weight=weight, max_running=max_running)
         self._tenants.append(TenantQuota(tenant_id, weight, max_queued, max_running))
         return self
 
@@ -196,11 +211,13 @@ class ClusterBuilder:
         models: Iterable[str] = (),
     ) -> Self:
         """Start a pool; following ``gpu``/``worker`` calls add to it."""
+        self._log("pool", pool_id, status=str(status), models=list(models))
         self._pools.append(_PoolSpec(pool_id, PoolStatus(status), list(models)))
         return self
 
     def gpu(self, gpu_id: str, *, vram_gb: float = 24, free_gb: float | None = None) -> Self:
         """Add a GPU to the current pool (free VRAM: total minus its workers by default)."""
+        self._log("gpu", gpu_id, vram_gb=vram_gb, free_gb=free_gb)
         self._current().gpus.append((gpu_id, vram_gb, free_gb))
         return self
 
@@ -229,6 +246,17 @@ class ClusterBuilder:
         if vram_gb is None:
             known = {m.model_ref: m.vram_bytes for m in self._models}
             vram_gb = known.get(model_ref, 0) / GB
+        self._log(
+            "worker",
+            worker_id,
+            model_ref,
+            gpu=gpus,
+            status=str(status),
+            vram_gb=vram_gb,
+            active=active,
+            slots=slots,
+            last_used_at=last_used_at,
+        )
         spec.workers.append(
             make_worker(
                 worker_id,
@@ -256,6 +284,7 @@ class ClusterBuilder:
     ) -> Self:
         """Queue a job (``queued_at`` defaults to the next tick: 1, 2, 3, ...)."""
         at = float(next(self._clock)) if queued_at is None else queued_at
+        self._log("job", job_id, model_ref, priority=str(priority), tenant=tenant, queued_at=at)
         self._jobs.append(
             make_job(
                 job_id, model_ref, priority=priority, tenant=tenant, session=session, queued_at=at

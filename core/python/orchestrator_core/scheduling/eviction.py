@@ -83,6 +83,9 @@ class LruEviction:
             raise ValueError(f"min_idle_s: must be >= 0, got {min_idle_s}")
         self.min_idle_s = min_idle_s
 
+    def __repr__(self) -> str:
+        return f"LruEviction(min_idle_s={self.min_idle_s!r})"
+
     def victim_key(self, worker: EvictionCandidate) -> tuple[Any, ...]:
         """``(last_used_at, worker_id)``; never-used workers go first."""
         last = worker.last_used_at
@@ -105,6 +108,9 @@ class LfuEviction:
             raise ValueError(f"min_idle_s: must be >= 0, got {min_idle_s}")
         self.min_idle_s = min_idle_s
 
+    def __repr__(self) -> str:
+        return f"LfuEviction(min_idle_s={self.min_idle_s!r})"
+
     def victim_key(self, worker: EvictionCandidate) -> tuple[Any, ...]:
         """``(jobs_completed, last_used_at, worker_id)``."""
         last = worker.last_used_at
@@ -123,6 +129,9 @@ class ManualEviction:
 
     def __init__(self, min_idle_s: float = 0.0) -> None:
         self.min_idle_s = min_idle_s
+
+    def __repr__(self) -> str:
+        return f"ManualEviction(min_idle_s={self.min_idle_s!r})"
 
     def victim_key(self, worker: EvictionCandidate) -> tuple[Any, ...]:
         """Worker id (only used by tools that list candidates)."""

@@ -89,6 +89,9 @@ class FifoOrder:
         """A new FIFO order."""
         return FifoOrder()
 
+    def __repr__(self) -> str:
+        return "FifoOrder()"
+
 
 class PriorityOrder:
     """Interactive first, FIFO within a priority, aged batch jobs promoted."""
@@ -114,6 +117,9 @@ class PriorityOrder:
     def fresh(self) -> PriorityOrder:
         """A new priority order with the same promotion age."""
         return PriorityOrder(self.promote_after_s)
+
+    def __repr__(self) -> str:
+        return f"PriorityOrder(promote_after_s={self.promote_after_s!r})"
 
 
 class FairShareOrder:
@@ -192,6 +198,12 @@ class FairShareOrder:
         # An idle key whose finish time the virtual clock has passed carries no history.
         if self._finish.get(k, 0.0) <= self._vtime[cls]:
             self._finish.pop(k, None)
+
+    def __repr__(self) -> str:
+        return (
+            f"FairShareOrder(by={self.by!r}, weights={self.weights!r},"
+            f" promote_after_s={self.promote_after_s!r})"
+        )
 
     def fresh(self) -> FairShareOrder:
         """A new fair-share order with the same settings and no virtual-time memory."""

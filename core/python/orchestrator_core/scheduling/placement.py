@@ -55,6 +55,9 @@ class LeastLoadedPlacement:
 
     name = "least-loaded"
 
+    def __repr__(self) -> str:
+        return "LeastLoadedPlacement()"
+
     def key(
         self, load: float, gpu_free_bytes: int, last_dispatch: int, worker_id: str
     ) -> PlacementKey:
@@ -71,6 +74,9 @@ class MostVramFreePlacement:
 
     name = "most-vram-free"
 
+    def __repr__(self) -> str:
+        return "MostVramFreePlacement()"
+
     def key(
         self, load: float, gpu_free_bytes: int, last_dispatch: int, worker_id: str
     ) -> PlacementKey:
@@ -86,6 +92,9 @@ class RoundRobinPlacement:
     """Workers of a model take turns: least recently dispatched to first."""
 
     name = "round-robin"
+
+    def __repr__(self) -> str:
+        return "RoundRobinPlacement()"
 
     def key(
         self, load: float, gpu_free_bytes: int, last_dispatch: int, worker_id: str

@@ -24,8 +24,10 @@ Indexes (n = queued jobs, W = workers, M = models, G = GPUs):
 
 Worker status is the pool's report corrected by what the orchestrator did since: a job
 dispatched a moment ago makes a single-slot worker busy before any heartbeat says so, and a
-finished job frees it before the next heartbeat. A report newer than the orchestrator's own
-last change can only make a worker busier, never freer (see :meth:`_Worker.active`).
+finished job frees it before the next heartbeat. A worker's load is the jobs the state knows
+run there plus whatever the last report showed beyond them (jobs it does not know, or a
+report that had not seen a finish yet), so a report can make a worker busier until the next
+one, never freer than the known jobs allow.
 """
 
 from __future__ import annotations
@@ -214,14 +216,12 @@ class _Worker:
         "max_concurrency",
         "model_ref",
         "own_active",
-        "own_seq",
         "pending",
         "pool_id",
-        "report_seq",
-        "reported_active",
         "reported_status",
         "requested_at",
         "stopping",
+        "unknown_active",
         "uri",
         "vram_bytes",
         "worker_id",
@@ -233,10 +233,8 @@ class _Worker:
         self.model_ref = model_ref
         self.gpu_ids: tuple[str, ...] = ()
         self.reported_status = WorkerStatus.STARTING
-        self.reported_active = 0
-        self.report_seq = 0
+        self.unknown_active = 0
         self.own_active = 0
-        self.own_seq = 0
         self.max_concurrency = 1
         self.vram_bytes = 0
         self.uri = ""
@@ -257,16 +255,15 @@ class _Worker:
         self.c_model = model_ref
 
     def active(self) -> int:
-        """Active jobs: the orchestrator's own count if it changed it after the last report,
-        else the larger of its count and the report's (a report may only add busy-ness)."""
-        if self.own_seq > self.report_seq:
-            return self.own_active
-        reported = (
-            self.max_concurrency
-            if self.reported_status is WorkerStatus.BUSY
-            else self.reported_active
-        )
-        return max(self.own_active, reported)
+        """Active jobs: the jobs the orchestrator knows run here (kept exact by dispatch and
+        finish events), plus those the last report showed beyond them (jobs it does not
+        know, or a report that has not seen a finish yet: busy until the next report)."""
+        return self.own_active + self.unknown_active
+
+    def take_reported_load(self, status: WorkerStatus, active_jobs: int) -> None:
+        """Record a report's load: whatever it shows beyond the known jobs is unknown load."""
+        reported = self.max_concurrency if status is WorkerStatus.BUSY else active_jobs
+        self.unknown_active = max(0, reported - self.own_active)
 
     def status(self) -> WorkerStatus:
         """Effective status (see the module docstring)."""
@@ -416,7 +413,7 @@ class ClusterState:
         self.pending_start_ttl_s = pending_start_ttl_s
         self.config = config
         self._version = 0
-        self._seq = 0  # orders reports and own changes of workers
+        self._seq = 0  # dispatch sequence number (round-robin placement)
         self._job_seq = itertools.count(1)
         self._pending_seq = itertools.count(1)
         # jobs
@@ -665,8 +662,6 @@ class ClusterState:
                 del self._running_on[run.worker_id]
         worker = self._workers.get(run.worker_id)
         if worker is not None:
-            self._seq += 1
-            worker.own_seq = self._seq
             worker.own_active = len(on) if on else 0
             worker.current_job_id = next(iter(on)) if on else None
             worker.last_used_at = now
@@ -712,7 +707,6 @@ class ClusterState:
             gpu.workers = set()
             gpus[info.gpu_id] = gpu
         rec.gpus = gpus
-        self._seq += 1
         reported: set[str] = set()
         for winfo in pool.workers:
             reported.add(winfo.worker_id)
@@ -782,8 +776,9 @@ class ClusterState:
             raise WorkerNotFound(worker_id)
         worker.reported_status = WorkerStatus(status)
         if worker.reported_status is WorkerStatus.READY:
-            worker.reported_active = min(worker.reported_active, worker.own_active)
-        self._bump(worker)
+            worker.unknown_active = 0
+        elif worker.reported_status is WorkerStatus.BUSY:
+            worker.take_reported_load(WorkerStatus.BUSY, 0)
         self._refresh_worker(worker)
         self._version += 1
 
@@ -1127,7 +1122,6 @@ class ClusterState:
         worker = self._workers.get(worker_id)
         if worker is not None:
             self._seq += 1
-            worker.own_seq = self._seq
             worker.own_active = len(on)
             worker.current_job_id = job.job_id
 
@@ -1190,9 +1184,8 @@ class ClusterState:
     def _take_report(self, worker: _Worker, info: WorkerInfo) -> None:
         worker.gpu_ids = tuple(info.gpu_ids)
         worker.reported_status = WorkerStatus(info.status)
-        worker.reported_active = info.active_jobs
-        worker.report_seq = self._seq
         worker.max_concurrency = info.max_concurrency
+        worker.take_reported_load(worker.reported_status, info.active_jobs)
         worker.vram_bytes = info.vram_bytes
         worker.uri = info.uri
         worker.pending = False
@@ -1206,10 +1199,6 @@ class ClusterState:
         worker.jobs_completed = max(worker.jobs_completed, info.jobs_completed)
         if info.vram_bytes > self._learned_vram.get(worker.model_ref, 0):
             self._learned_vram[worker.model_ref] = info.vram_bytes
-
-    def _bump(self, worker: _Worker) -> None:
-        self._seq += 1
-        worker.report_seq = self._seq
 
     def _attach_pool(self, rec: _Pool) -> None:
         for wid in rec.workers:
