@@ -312,6 +312,12 @@ class World:
             self.truth[act.pool_id].workers.append(_worker(worker_id, act, vram))
             state.start_confirmed(placeholder, worker_id)
         self.starts = []
+        for pool in self.truth.values():  # the pools' real VRAM is never over-committed either
+            for g in pool.gpus:
+                used = sum(
+                    w.vram_bytes // len(w.gpu_ids) for w in pool.workers if g.gpu_id in w.gpu_ids
+                )
+                assert used <= g.vram_total_bytes, (pool.pool_id, g.gpu_id)
         for pool in list(self.truth.values()):
             if rng.random() < 0.6:
                 self.heartbeat(pool)

@@ -395,7 +395,7 @@ class ClusterState:
         tenants: Iterable[TenantQuota] = (),
         enforce_quotas: bool = False,
         quota_action: QuotaAction = "wait",
-        max_promotions_per_snapshot: int = 1024,
+        max_promotions_per_snapshot: int = 256,
         pending_start_ttl_s: float = 600.0,
         config: OrchestratorConfig | None = None,
     ) -> None:
