@@ -507,3 +507,36 @@ def test_placeholders_never_leak_into_dispatches() -> None:
                 w.state.running_worker(job)
             ).startswith(PENDING_PREFIX)
     assert w.dispatched == ["j1"]
+
+
+@PROPS
+@given(data=st.data())
+def test_the_validator_accepts_a_dispatch_exactly_when_it_is_possible(
+    data: st.DataObject,
+) -> None:
+    state = data.draw(clusters(max_jobs=8)).build()
+    snap = state.snapshot(1000.0)
+    jobs = [q.job_id for q in state.ordered_jobs()] + ["ghost-job"]
+    workers = [*state.worker_ids(), "ghost-worker"]
+    job_id = data.draw(st.sampled_from(jobs))
+    worker_id = data.draw(st.sampled_from(workers))
+    job, worker = state.get_job(job_id), state.worker_view(worker_id)
+    pool = None if worker is None else state.pool_view(worker.pool_id)
+    tenant = None if job is None else state.tenant_view(job.tenant_key)
+    possible = (
+        job is not None
+        and worker is not None
+        and pool is not None
+        and str(pool.status) != "offline"
+        and worker.status is WorkerStatus.READY
+        and worker.free_slots > 0
+        and worker.model_ref == job.model_ref
+        and not (
+            state.enforce_quotas
+            and tenant is not None
+            and tenant.max_running is not None
+            and tenant.running >= tenant.max_running
+        )
+    )
+    refusals = validate_decision(Dispatch(job_id, worker_id), snap)
+    assert (refusals == []) is possible, refusals
