@@ -63,16 +63,29 @@ def test_a_finished_job_frees_its_worker_before_the_next_heartbeat() -> None:
     assert not state.job_finished("j1", now=3.0)  # idempotent
 
 
-def test_a_report_newer_than_the_orchestrators_own_change_can_only_make_a_worker_busier() -> None:
+def test_a_report_can_make_a_worker_busier_than_the_known_jobs_until_the_next_one() -> None:
     state = fresh()
     state.upsert_pool(one_pool(make_worker("w1", "m", vram_gb=8)))  # type: ignore[arg-type]
     state.add_job(make_job("j1", "m"))
     state.job_dispatched("j1", "w1", now=1.0)
     state.job_finished("j1", now=2.0)
-    # a heartbeat in flight while the job finished still reports it busy: trust busy-ness
+    # a report of busy-ness the state cannot explain: trust it until the next report
     state.upsert_pool(one_pool(make_worker("w1", "m", status="busy", active=1, vram_gb=8)))  # type: ignore[arg-type]
     assert status(state, "w1") is WorkerStatus.BUSY
     state.upsert_pool(one_pool(make_worker("w1", "m", vram_gb=8)))  # type: ignore[arg-type]
+    assert status(state, "w1") is WorkerStatus.READY
+
+
+def test_a_report_still_showing_a_job_that_has_finished_does_not_hold_its_slot() -> None:
+    state = fresh()
+    state.upsert_pool(one_pool(make_worker("w1", "m", vram_gb=8)))  # type: ignore[arg-type]
+    state.add_job(make_job("j1", "m"))
+    state.job_dispatched("j1", "w1", now=1.0)
+    state.job_finished("j1", now=2.0)
+    # the heartbeat was sent before the worker finished j1, and arrives after the end
+    stale = make_worker("w1", "m", status="busy", active=1, vram_gb=8)
+    stale.current_job_id = "j1"
+    state.upsert_pool(one_pool(stale))  # type: ignore[arg-type]
     assert status(state, "w1") is WorkerStatus.READY
 
 

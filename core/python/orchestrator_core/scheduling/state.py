@@ -33,7 +33,7 @@ one, never freer than the known jobs allow.
 from __future__ import annotations
 
 import itertools
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -77,6 +77,7 @@ K = TypeVar("K")
 JobKey = tuple[float, int, str]  # (tag, seq, job_id)
 
 _ONLINE, _DEGRADED = 0, 1
+_RECENT_FINISHED = 4096  # finished job ids remembered to recognise reports sent before the end
 _LIVE = (WorkerStatus.READY, WorkerStatus.BUSY, WorkerStatus.STARTING)
 
 
@@ -260,9 +261,15 @@ class _Worker:
         know, or a report that has not seen a finish yet: busy until the next report)."""
         return self.own_active + self.unknown_active
 
-    def take_reported_load(self, status: WorkerStatus, active_jobs: int) -> None:
-        """Record a report's load: whatever it shows beyond the known jobs is unknown load."""
+    def take_reported_load(
+        self, status: WorkerStatus, active_jobs: int, *, finished_shown: bool = False
+    ) -> None:
+        """Record a report's load: whatever it shows beyond the known jobs is unknown load.
+        ``finished_shown``: the report still shows a job that has finished since (it was sent
+        before the end was known), so that job does not count."""
         reported = self.max_concurrency if status is WorkerStatus.BUSY else active_jobs
+        if finished_shown and reported > 0:
+            reported -= 1
         self.unknown_active = max(0, reported - self.own_active)
 
     def status(self) -> WorkerStatus:
@@ -424,6 +431,7 @@ class ClusterState:
         self._by_priority: Counter[Priority] = Counter()
         self._queued_at_sum = 0.0
         self._running: dict[str, _Running] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()  # recent ends, for stale reports
         self._running_on: dict[str, set[str]] = {}
         self._tenants: dict[str, _Tenant] = {}
         self._dispatchable = (_KeyedIndex[tuple[float, int]](), _KeyedIndex[tuple[float, int]]())
@@ -652,6 +660,9 @@ class ClusterState:
         run = self._running.pop(job_id, None)
         if run is None:
             return False
+        self._finished[job_id] = None
+        if len(self._finished) > _RECENT_FINISHED:
+            self._finished.popitem(last=False)
         tenant = self._tenant(run.tenant)
         tenant.running -= 1
         self._update_parking(tenant)
@@ -1185,7 +1196,12 @@ class ClusterState:
         worker.gpu_ids = tuple(info.gpu_ids)
         worker.reported_status = WorkerStatus(info.status)
         worker.max_concurrency = info.max_concurrency
-        worker.take_reported_load(worker.reported_status, info.active_jobs)
+        shown = info.current_job_id
+        worker.take_reported_load(
+            worker.reported_status,
+            info.active_jobs,
+            finished_shown=shown is not None and shown in self._finished,
+        )
         worker.vram_bytes = info.vram_bytes
         worker.uri = info.uri
         worker.pending = False
