@@ -66,3 +66,46 @@ def test_show_renders_the_activation_time_and_hides_empty_fields(fake):
     assert "since\t2023-11-14 22:11:50 UTC (2m ago)" in result.stdout
     assert "passes\t12" in result.stdout
     assert "script" not in result.stdout
+
+
+def test_without_the_policy_tools_validate_and_dry_run_say_so(fake, tmp_path, monkeypatch):
+    """A build of orchestrator_core without its policy tools: a clear message, exit 8."""
+    import llorch.policies
+
+    def missing(name):
+        raise ImportError(name)
+
+    monkeypatch.setattr(llorch.policies.importlib, "import_module", missing)
+    policy = tmp_path / "p.rhai"
+    policy.write_text(POLICY, encoding="utf-8")
+    snapshot = tmp_path / "s.json"
+    snapshot.write_text("{}", encoding="utf-8")
+    for args in (("validate", str(policy)), ("dry-run", str(policy), "--snapshot", str(snapshot))):
+        result = invoke(fake, "scheduler", *args)
+        assert result.exit_code == ExitCode.UNAVAILABLE
+        assert "policy tools (orchestrator_core.rhai) are not available" in result.stderr
+        assert "Traceback" not in result.output
+    assert fake.requests == []
+
+
+def test_describe_decision_reads_well():
+    from llorch.scheduler import describe_decision
+
+    batch = {
+        "action": "batch",
+        "actions": [
+            {"action": "dispatch", "job_id": "j1", "pool_id": "p", "worker_id": "w"},
+            {"action": "start_worker", "pool_id": "p", "gpu_id": "0", "model_ref": "m"},
+            {"action": "evict_worker", "worker_id": "w2", "reason": "lru"},
+            {"action": "reject", "job_id": "j2", "code": "NO_CAPACITY", "message": "too big"},
+            {"action": "wait", "reason": "busy", "retry_after_ms": 100},
+        ],
+    }
+    assert describe_decision(batch) == [
+        "dispatch j1 -> p/w",
+        "start_worker m on p/0",
+        "evict_worker w2 (lru)",
+        "reject j2 NO_CAPACITY: too big",
+        "wait (busy, retry after 100 ms)",
+    ]
+    assert describe_decision({"action": "wait"}) == ["wait (no reason)"]

@@ -21,13 +21,17 @@ PolicyReport = dict[str, Any]
 
 
 def _tools() -> ModuleType:
+    """``orchestrator_core.rhai`` if this build has its policy tools, else a clear error."""
     try:
-        return importlib.import_module("orchestrator_core.rhai")
+        module = importlib.import_module("orchestrator_core.rhai")
     except ImportError:
+        module = None
+    if module is None or not all(hasattr(module, f) for f in ("validate_policy", "dry_run")):
         raise FeatureUnavailable(
-            "the offline policy tools (orchestrator_core.rhai) are not available in this build; "
-            "`llorch scheduler apply FILE` still has the daemon validate the policy"
-        ) from None
+            "the offline policy tools (orchestrator_core.rhai) are not available in this "
+            "build; `llorch scheduler apply FILE` still has the daemon validate the policy"
+        )
+    return module
 
 
 def policy_kind(path: Path) -> str:
@@ -50,12 +54,26 @@ def read_policy(path: Path) -> str:
 
 
 def validate(path: Path) -> PolicyReport:
-    """Compile and check a policy offline; ``{"valid": bool, "problems": [...], ...}``."""
-    _tools()
-    raise FeatureUnavailable("policy validation is not wired in this build")  # pragma: no cover
+    """Check a policy offline (compile, ``fn schedule(ctx)``, one run on the library's sample
+    snapshot): ``{"valid", "kind", "problems" (with line:column), "warnings", …}``."""
+    tools = _tools()
+    kind = policy_kind(path)
+    text = read_policy(path)
+    report = tools.validate_policy(text, name=str(path), kind=kind)
+    return dict(report.to_dict())
 
 
-def dry_run(path: Path, snapshot: Any) -> PolicyReport:
-    """Run a policy on a saved snapshot offline; ``{"decision": ..., "logs": [...], ...}``."""
-    _tools()
-    raise FeatureUnavailable("policy dry-run is not wired in this build")  # pragma: no cover
+def dry_run(path: Path, snapshot: Any, *, snapshot_name: str = "snapshot") -> PolicyReport:
+    """Run a policy offline on a saved snapshot: ``{"valid", "decision", "logs",
+    "fallback", "builtin_decision", …}``. A malformed snapshot is a usage error listing
+    every bad field."""
+    tools = _tools()
+    kind = policy_kind(path)
+    text = read_policy(path)
+    try:
+        result = tools.dry_run(text, snapshot, name=str(path), kind=kind)
+    except tools.SnapshotInvalid as exc:
+        raise UsageProblem(
+            f"--snapshot {snapshot_name}: {exc.message}", details={"problems": exc.problems}
+        ) from None
+    return dict(result.to_dict())
