@@ -348,3 +348,14 @@ def test_unknown_job_and_list_against_the_real_daemon(cluster):
     shown = llorch(cluster, "pools", "show", "sim-acc", "--json")
     assert json.loads(shown.stdout)["pool_id"] == "sim-acc"
     assert llorch(cluster, "scheduler", "show", "--json").returncode == 0
+
+
+def test_scheduler_apply_of_a_broken_policy_is_refused_and_the_active_one_stays(cluster, tmp_path):
+    before = json.loads(llorch(cluster, "scheduler", "show", "--json").stdout)
+    policy = tmp_path / "broken.rhai"
+    policy.write_text("fn schedule(ctx) {\n    let x = ;\n}\n", encoding="utf-8")
+    result = llorch(cluster, "scheduler", "apply", str(policy))
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert "INVALID" in result.stderr
+    after = json.loads(llorch(cluster, "scheduler", "show", "--json").stdout)
+    assert (after["policy"], after["since"]) == (before["policy"], before["since"])
