@@ -169,7 +169,10 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
             "no prompt: use --prompt TEXT, --prompt-file FILE, or --prompt - to read stdin"
         )
     if prompt == "-" or prompt_file == "-":
-        return sys.stdin.read()
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError:
+            raise UsageProblem("the prompt on stdin is not UTF-8 text") from None
     if prompt_file is not None:
         try:
             return Path(prompt_file).read_text(encoding="utf-8")
