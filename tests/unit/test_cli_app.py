@@ -229,3 +229,35 @@ def test_shell_completion_script_and_completions():
         capture_output=True, text=True, timeout=60, env={**os.environ, **env}, check=False,
     )  # fmt: skip
     assert proc.stdout.split() == ["interactive", "batch"]
+
+
+# -- public API -------------------------------------------------------------------------------
+
+
+def test_llorch_all_is_sorted_and_every_public_name_is_documented():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import llorch
+
+    assert llorch.__all__ == sorted(llorch.__all__)
+    missing: list[str] = []
+    modules = ["llorch"] + [
+        info.name for info in pkgutil.walk_packages(llorch.__path__, "llorch.")
+        if info.name != "llorch.__main__"
+    ]  # fmt: skip
+    for mod_name in modules:
+        module = importlib.import_module(mod_name)
+        if not (module.__doc__ or "").strip():
+            missing.append(mod_name)
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and not inspect.getdoc(obj):
+                missing.append(f"{mod_name}.{name}")
+            if inspect.isclass(obj) and obj.__module__ == mod_name:
+                for attr, member in vars(obj).items():
+                    public = inspect.isfunction(member) and not attr.startswith("_")
+                    if public and not (member.__doc__ or "").strip():
+                        missing.append(f"{mod_name}.{name}.{attr}")
+    assert missing == []
