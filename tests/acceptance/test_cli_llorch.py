@@ -198,7 +198,7 @@ def _wait_status(env: dict[str, str], job_id: str, wanted: set[str], seconds: fl
 
 def test_submit_streams_tokens_as_they_arrive(cluster, tmp_path):
     proc = llorch_bg(cluster, tmp_path, "jobs", "submit", "-m", MODEL, "-p", "Tell me a story",
-                     "-n", "40", "--json")  # fmt: skip
+                     "-n", "120", "--json")  # fmt: skip
     try:
         first = json.loads(proc.readline() or "null")
         assert first["event"] == "submitted"
@@ -210,7 +210,7 @@ def test_submit_streams_tokens_as_they_arrive(cluster, tmp_path):
             events.append(json.loads(line))
             if events[-1]["event"] == "token":
                 break
-        # 40 tokens at 40 tok/s take about a second more: the first token is already here,
+        # 120 tokens at 40 tok/s take three seconds: the first token is already here,
         # while llorch is still running — tokens are streamed, not printed at the end.
         assert proc.popen.poll() is None, "llorch had already finished: nothing was streamed"
         while (line := proc.readline()) is not None:
@@ -222,7 +222,7 @@ def test_submit_streams_tokens_as_they_arrive(cluster, tmp_path):
     assert kinds[:3] == ["submitted", "queued", "started"]
     assert kinds[-1] == "end"
     tokens = [e for e in events if e["event"] == "token"]
-    assert 1 <= len(tokens) <= 40
+    assert 1 <= len(tokens) <= 120
     ids = [int(e["id"]) for e in events[1:]]
     assert ids == list(range(1, len(ids) + 1)), "event ids increase without gaps"
     status = _status(cluster, job_id)
@@ -243,7 +243,7 @@ def test_submit_prints_plain_text_to_stdout_and_status_to_stderr(cluster):
 
 
 def test_detach_then_watch_resumes_where_it_left_off(cluster, tmp_path):
-    submitted = llorch(cluster, "jobs", "submit", "-m", MODEL, "-p", "hi", "-n", "60", "-d")
+    submitted = llorch(cluster, "jobs", "submit", "-m", MODEL, "-p", "hi", "-n", "400", "-d")
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     assert job_id
