@@ -11,6 +11,7 @@ from orchestrator_core.scheduling import (
     Action,
     BuiltinScheduler,
     Decision,
+    Dispatch,
     EvictWorker,
     LfuEviction,
     LruEviction,
@@ -21,7 +22,7 @@ from orchestrator_core.scheduling import (
     iter_actions,
     validate_decision,
 )
-from orchestrator_core.testing import ClusterBuilder, cluster
+from orchestrator_core.testing import ClusterBuilder, cluster, make_job
 
 
 def decide(b: ClusterBuilder, now: float = 1000.0, **kw: object) -> Decision:
@@ -193,9 +194,20 @@ CASES = [
             .pool("p")
             .gpu("g0", vram_gb=8)
             .worker("w1", "other", status="busy")
-            .job("j1", "small")
+            .job("j1", "small", queued_at=990)
         ),
         [("wait", "vram_busy")],
+    ),
+    Case(
+        "a busy worker blocking a job that waited drain_after_s is drained, not evicted",
+        lambda: (
+            base()
+            .pool("p")
+            .gpu("g0", vram_gb=8)
+            .worker("w1", "other", status="busy")
+            .job("j1", "small", queued_at=900)
+        ),
+        [("wait", "draining")],
     ),
     Case(
         "manual eviction never evicts: the job waits",
@@ -213,7 +225,7 @@ CASES = [
             .job("j1", "small")
         ),
         [("wait", "vram_busy")],
-        {"eviction": LruEviction(min_idle_s=60)},
+        {"eviction": LruEviction(min_idle_s=60), "drain_after_s": None},
     ),
     Case(
         "a model no pool could ever fit is rejected with NO_CAPACITY",
@@ -381,3 +393,77 @@ def test_a_rejection_for_no_capacity_says_how_much_was_needed() -> None:
     assert decision.code is ErrorCode.NO_CAPACITY
     assert decision.explanation["need_vram_bytes"] == 200 * 10**9
     assert decision.explanation["largest_gpu_bytes"] == 24 * 10**9
+
+
+def run_hot_stream(drain_after_s: float | None, steps: int = 120) -> float | None:
+    """One 10 GB GPU held by a worker of "hot", which always has two jobs queued; one job of
+    "cold" (needs the same GPU) waits from t=0. Returns when "cold" was dispatched, or None."""
+    state = (
+        cluster()
+        .model("hot", vram_gb=8)
+        .model("cold", vram_gb=8)
+        .pool("p")
+        .gpu("g0", vram_gb=10)
+        .worker("w-hot", "hot")
+        .job("c1", "cold", queued_at=0.0)
+        .build()
+    )
+    scheduler = BuiltinScheduler(drain_after_s=drain_after_s)
+    running: list[str] = []
+    ready: list[str] = []
+    n = 0
+    for step in range(1, steps):
+        now = float(step)
+        for job_id in running:  # every job takes one step
+            state.job_finished(job_id, now=now)
+        running = []
+        for worker_id in ready:
+            state.mark_worker(worker_id, "ready")
+        ready = []
+        while sum(q.model_ref == "hot" for q in state.ordered_jobs()) < 2:
+            n += 1
+            state.add_job(make_job(f"h{n}", "hot", queued_at=now))
+        snap = state.snapshot(now)
+        decision = scheduler.schedule(snap)
+        assert validate_decision(decision, snap) == []
+        placeholders = iter(state.apply(decision, now=now))
+        for act in iter_actions(decision):
+            if isinstance(act, Dispatch):
+                if act.job_id == "c1":
+                    return now
+                running.append(act.job_id)
+            elif isinstance(act, EvictWorker):
+                state.remove_worker(act.worker_id)
+            elif isinstance(act, StartWorker):
+                worker_id = f"w-{act.model_ref}-{step}"
+                state.start_confirmed(next(placeholders), worker_id)
+                ready.append(worker_id)
+    return None
+
+
+def test_a_model_whose_gpu_is_always_busy_gets_it_once_its_job_waited_drain_after_s() -> None:
+    started = run_hot_stream(drain_after_s=30.0)
+    assert started is not None
+    assert 30.0 <= started <= 35.0  # drained at 30 s, evicted when idle, started, dispatched
+
+
+def test_without_draining_a_busy_model_can_keep_another_waiting_forever() -> None:
+    assert run_hot_stream(drain_after_s=None) is None
+
+
+def test_a_drain_is_explained_in_the_waiting_list() -> None:
+    state = (
+        base()
+        .pool("p")
+        .gpu("g0", vram_gb=8)
+        .worker("w1", "other", status="busy")
+        .job("j1", "small", queued_at=0)
+        .job("o1", "other")
+        .build()
+    )
+    decision = BuiltinScheduler(drain_after_s=10).schedule(state.snapshot(100.0))
+    assert isinstance(decision, Wait)
+    note = decision.explanation["waiting"][0]
+    assert note["reason"] == "draining"
+    assert note["draining"] == ["w1"]
+    assert (note["drain_pool_id"], note["drain_gpu_id"]) == ("p", "g0")

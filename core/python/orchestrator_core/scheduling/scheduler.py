@@ -6,14 +6,20 @@ the snapshot) and changes nothing: the daemon validates, applies and executes th
 
 The built-in scheduling cycle (:meth:`BuiltinScheduler.schedule`):
 
+0. **Drain** (before 1). A cold model whose oldest job has waited ``drain_after_s`` and that
+   no free VRAM can host: the workers that would make room (idle ones if an eviction plan
+   exists now, else those on the GPU with the fewest active jobs) get no new job this
+   cycle, so step 2 can evict them now or once idle. Until then loaded models keep their
+   workers busy (no model thrashing); busy workers are never evicted, they are drained.
 1. **Dispatch.** For order class 0 then 1, take the first model in the state's
    *dispatchable* index (models with a queued job and a free ready worker, keyed by their
    best job), take that model's best job (best tenant head, per the queue order), check
    the tenant's quota, and hand the job to the model's best free worker (placement index;
    workers of degraded pools only when the model has no free worker on an online pool).
    Re-seat the model and the worker with their next keys and repeat until no model has
-   both a job and a free worker. Cost: O(log n) per dispatch; models without a free
-   worker are never looked at, so they do not block the others.
+   both a job and a free worker (skipping workers being drained). Cost: O(log n) per
+   dispatch; models without a free worker are never looked at, so they do not block the
+   others.
 2. **Model placement.** For models with queued jobs and *no* live worker (cold), in queue
    order: start a worker on the GPU where the model fits best (least VRAM left over;
    degraded pools only if no online GPU fits); failing that, evict idle workers (LRU/LFU;
@@ -228,6 +234,9 @@ class _Cycle:
         self.reserved: Counter[tuple[str, str]] = Counter()
         self.released: Counter[tuple[str, str]] = Counter()
         self.evicted: set[str] = set()
+        self.withheld: set[str] = set()  # workers being drained: no new jobs this cycle
+        self.drains: dict[str, dict[str, Any]] = {}  # model -> drain plan note
+        self.drain_gpus: set[tuple[str, str]] = set()
         self.seq = state._seq
 
     def worker_merges(self, model_ref: str) -> tuple[_Merge, _Merge] | None:
@@ -237,6 +246,15 @@ class _Cycle:
         merges = None if idx is None else (_Merge(idx[0].sl), _Merge(idx[1].sl))
         self.workers[model_ref] = merges
         return merges
+
+    def top_worker(self, merges: tuple[_Merge, _Merge]) -> tuple[_Merge, str] | None:
+        """The merge holding the best usable worker (online first), skipping withheld ones."""
+        for merge, label in ((merges[0], "online"), (merges[1], "degraded")):
+            while (item := merge.peek()) is not None:
+                if item[1] not in self.withheld:
+                    return merge, label
+                merge.pop()
+        return None
 
     def group_merge(self, model_ref: str, cls: int) -> _Merge:
         merge = self.groups.get((model_ref, cls))
@@ -261,6 +279,12 @@ class BuiltinScheduler:
         eviction: eviction policy (default LRU).
         scale_out: start extra workers on free VRAM for models whose queue exceeds their
             live worker slots (never by evicting).
+        drain_after_s: when the oldest job of a model without workers has waited this long
+            and only busy workers block it, stop giving new jobs to those workers (on the
+            GPU where that frees the VRAM soonest) so that they go idle and can be evicted;
+            ``None`` = never drain (jobs then wait until the blocking workers are idle). Not
+            with ``manual`` eviction.
+        max_drains: at most this many models get a drain per decision.
         max_actions: at most this many actions per decision.
         max_start_attempts: at most this many models examined for a start per decision.
         retry_after_ms: the ``retry_after_ms`` hint of a :class:`Wait`.
@@ -275,6 +299,8 @@ class BuiltinScheduler:
         placement: str | None = None,
         eviction: EvictionPolicy | None = None,
         scale_out: bool = True,
+        drain_after_s: float | None = 60.0,
+        max_drains: int = 2,
         max_actions: int = 256,
         max_start_attempts: int = 16,
         retry_after_ms: int = 1000,
@@ -287,6 +313,8 @@ class BuiltinScheduler:
         self.placement = placement
         self.eviction: EvictionPolicy = eviction if eviction is not None else LruEviction()
         self.scale_out = scale_out
+        self.drain_after_s = drain_after_s
+        self.max_drains = max_drains
         self.max_actions = max_actions
         self.max_start_attempts = max_start_attempts
         self.retry_after_ms = retry_after_ms
@@ -325,6 +353,7 @@ class BuiltinScheduler:
         state = snapshot._fresh()
         cycle = _Cycle(state, snapshot.now)
         actions, waiting = cycle.actions, cycle.waiting
+        self._drain_pass(cycle)
         self._dispatch_pass(cycle)
         self._placement_pass(cycle)
         counts = Counter(a.action for a in actions)
@@ -361,7 +390,8 @@ class BuiltinScheduler:
                     break
                 model_ref: str = top[1]
                 merges = cycle.worker_merges(model_ref)
-                if merges is None or (merges[0].peek() is None and merges[1].peek() is None):
+                top_worker = None if merges is None else cycle.top_worker(merges)
+                if top_worker is None:
                     models.pop()
                     continue
                 groups = cycle.group_merge(model_ref, cls)
@@ -405,10 +435,7 @@ class BuiltinScheduler:
                         if nxt is not None:
                             models.push((nxt[0], model_ref))
                     continue
-                online, degraded = merges
-                merge, pool_status = (
-                    (online, "online") if online.peek() is not None else (degraded, "degraded")
-                )
+                merge, pool_status = top_worker
                 key, worker_id = merge.pop()
                 worker = state._workers[worker_id]
                 cycle.assigned[worker_id] += 1
@@ -545,7 +572,7 @@ class BuiltinScheduler:
         if kind == "scale":
             return  # scale-out never evicts; the model is served, just not fast enough
         if self.eviction.automatic:
-            plan = self._eviction_plan(cycle, model_ref, need)
+            plan = self._eviction_plan(cycle, model_ref, need, self._rank(state, job_id))
             if plan is not None:
                 cost, left, pool_id, gpu_id, victims, plan_runners = plan
                 for victim in victims:
@@ -617,6 +644,9 @@ class BuiltinScheduler:
             reason = "pools_unavailable"
         elif not self.eviction.automatic:
             reason = "eviction_manual"
+        elif model_ref in cycle.drains:
+            reason = "draining"
+            note.update(cycle.drains[model_ref])
         else:
             reason = "vram_busy"
         waiting.append({**note, "reason": reason})
@@ -664,10 +694,31 @@ class BuiltinScheduler:
                 return found[0], found[1 : 1 + self.runners_up]
         return None
 
+    @staticmethod
+    def _rank(state: ClusterState, job_id: str | None) -> tuple[int, tuple[float, int]]:
+        """Queue rank ``(class, key)`` of a job (past every job if unknown)."""
+        job = None if job_id is None else state._jobs.get(job_id)
+        return (2, (0.0, 0)) if job is None else (job.cls, (job.tag, job.seq))
+
+    @staticmethod
+    def _protected(state: ClusterState, model_ref: str, rank: tuple[int, Any]) -> bool:
+        """Whether workers of ``model_ref`` are still needed ahead of a job of this rank: the
+        model has a queued job before it. Such workers are never evicted or drained for it,
+        so that two models cannot take a GPU from each other before either ran a job."""
+        mq = state._models.get(model_ref)
+        if mq is None:
+            return False
+        for cls in (0, 1):
+            first = mq.heads[cls].first()
+            if first is not None and (cls, first[0]) < rank:
+                return True
+        return False
+
     def _eviction_plan(
-        self, cycle: _Cycle, model_ref: str, need: int
+        self, cycle: _Cycle, model_ref: str, need: int, rank: tuple[int, Any]
     ) -> tuple[tuple[Any, ...], int, str, str, list[_Worker], list[dict[str, Any]]] | None:
-        """Idle workers to evict so that ``need`` fits, on the GPU where that costs least."""
+        """Idle workers to evict so that ``need`` fits, on the GPU where that costs least;
+        workers whose model has a queued job ranked before ``rank`` are not candidates."""
         state, now = cycle.state, cycle.now
         policy = self.eviction
         for status in (PoolStatus.ONLINE, PoolStatus.DEGRADED):
@@ -696,6 +747,7 @@ class BuiltinScheduler:
                                 w.last_used_at is not None
                                 and now - w.last_used_at < policy.min_idle_s
                             )
+                            or self._protected(state, w.model_ref, rank)
                         ):
                             continue
                         candidates.append(w)
@@ -718,6 +770,100 @@ class BuiltinScheduler:
                     for c, _l, p, g, _vs in plans[1 : 1 + self.runners_up]
                 ]
                 return cost, left, pool_id, gpu_id, victims, runners
+        return None
+
+    # -- draining ----------------------------------------------------------------------------
+
+    def _drain_pass(self, cycle: _Cycle) -> None:
+        """Withhold new jobs from the workers blocking a long-waiting cold model."""
+        if self.drain_after_s is None or not self.eviction.automatic or not self.max_drains:
+            return
+        state = cycle.state
+        cutoff = cycle.now - self.drain_after_s
+        examined = 0
+        for cls in (0, 1):
+            for _key, model_ref in state._cold[cls].sl:
+                if len(cycle.drains) >= self.max_drains or examined >= self.max_start_attempts:
+                    return
+                if model_ref in cycle.drains:
+                    continue
+                examined += 1
+                job_id = self._head_job(state, cycle, model_ref, cls)
+                job = None if job_id is None else state._jobs.get(job_id)
+                if job is None or job.queued_at > cutoff:
+                    continue
+                need = state.model_vram(model_ref)
+                if (
+                    not state.model_known(model_ref)
+                    or not state.could_ever_fit(model_ref)
+                    or self._best_fit(cycle, model_ref, need) is not None
+                ):
+                    continue  # the placement pass starts it or rejects it
+                rank = (job.cls, (job.tag, job.seq))
+                idle_plan = self._eviction_plan(cycle, model_ref, need, rank)
+                if idle_plan is not None:
+                    # idle victims exist now: keep them idle (their own queue would take
+                    # them first) so that the placement pass evicts them
+                    busy, pool_id, gpu_id, victims = 0, idle_plan[2], idle_plan[3], idle_plan[4]
+                else:
+                    plan = self._drain_plan(cycle, model_ref, need, rank)
+                    if plan is None:
+                        continue
+                    busy, pool_id, gpu_id, victims = plan
+                cycle.withheld.update(v.worker_id for v in victims)
+                cycle.drain_gpus.add((pool_id, gpu_id))
+                cycle.drains[model_ref] = {
+                    "drain_pool_id": pool_id,
+                    "drain_gpu_id": gpu_id,
+                    "draining": [v.worker_id for v in victims],
+                    "busy_jobs": busy,
+                    "waited_s": round(cycle.now - job.queued_at, 3),
+                }
+
+    def _drain_plan(
+        self, cycle: _Cycle, model_ref: str, need: int, rank: tuple[int, Any]
+    ) -> tuple[int, str, str, list[_Worker]] | None:
+        """Ready or busy workers whose VRAM would fit ``need`` once they stop, on the GPU with
+        the fewest active jobs among them (they finish soonest), idle ones first."""
+        state = cycle.state
+        policy = self.eviction
+        for status in (PoolStatus.ONLINE, PoolStatus.DEGRADED):
+            plans: list[tuple[int, int, str, str, list[_Worker]]] = []
+            for group in state._gpu_groups_for(model_ref, status):
+                sl = group.drain_idx
+                i = sl.bisect_left((need,))
+                tried = 0
+                while i < len(sl) and tried < 8:
+                    _drainable, pool_id, gpu_id = sl[i]
+                    i += 1
+                    tried += 1
+                    key = (pool_id, gpu_id)
+                    if cycle.reserved[key] or key in cycle.drain_gpus:
+                        continue
+                    gpu = state._pools[pool_id].gpus[gpu_id]
+                    candidates = [
+                        w
+                        for wid in gpu.workers
+                        if (w := state._workers.get(wid)) is not None
+                        and w.c_drain
+                        and wid not in cycle.evicted
+                        and not self._protected(state, w.model_ref, rank)
+                    ]
+                    candidates.sort(key=lambda w: (w.active(), policy.victim_key(w)))
+                    got = gpu.free() + cycle.released[key]
+                    victims: list[_Worker] = []
+                    for w in candidates:
+                        if got >= need:
+                            break
+                        victims.append(w)
+                        got += state._share(w)
+                    if got < need or not victims:
+                        continue
+                    busy = sum(w.active() for w in victims)
+                    plans.append((busy, len(victims), pool_id, gpu_id, victims))
+            if plans:
+                busy, _n, pool_id, gpu_id, victims = min(plans, key=lambda p: p[:4])
+                return busy, pool_id, gpu_id, victims
         return None
 
     # -- operator questions ------------------------------------------------------------------

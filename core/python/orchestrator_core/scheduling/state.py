@@ -18,7 +18,8 @@ Indexes (n = queued jobs, W = workers, M = models, G = GPUs):
 * a global order per class (positions, Rhai windows) and a batch-age index (promotion);
 * free workers per model, sorted by the placement key, split online / degraded;
 * GPUs grouped by (pool status, models the pool can load), sorted by free VRAM and by VRAM
-  reclaimable from idle workers, for best-fit starts and eviction plans;
+  reclaimable from idle workers and by VRAM of ready or busy workers (what draining could
+  free), for best-fit starts, eviction plans and drain plans;
 * counters: live worker slots per model (ready + busy + starting, so a starting worker is
   counted as pending capacity and is not started twice), tenants' queued/running jobs.
 
@@ -203,6 +204,7 @@ class _Worker:
 
     __slots__ = (
         "c_alloc",
+        "c_drain",
         "c_idle",
         "c_live",
         "c_model",
@@ -250,6 +252,7 @@ class _Worker:
         self.c_live = 0
         self.c_status: WorkerStatus | None = None
         self.c_idle = False
+        self.c_drain = False
         self.c_alloc = False
         self.c_share = 0
         self.c_slot: int | None = None
@@ -285,11 +288,13 @@ class _Worker:
 class _Gpu:
     __slots__ = (
         "allocated",
+        "c_drainable",
         "c_free",
         "c_group",
         "c_reclaim",
         "gpu_id",
         "idle",
+        "live",
         "name",
         "pool_id",
         "released",
@@ -309,10 +314,12 @@ class _Gpu:
         self.released = 0  # VRAM of workers asked to stop since the last report
         self.allocated = 0  # VRAM of workers on it (started or not, not stopping)
         self.idle = 0  # VRAM of idle, evictable workers on it
+        self.live = 0  # VRAM of ready or busy workers on it (what draining could free)
         self.workers: set[str] = set()
         self.c_group: _GpuGroup | None = None
         self.c_free = 0
         self.c_reclaim = 0
+        self.c_drainable = 0
 
     def free(self) -> int:
         """VRAM the scheduler may still place here."""
@@ -322,7 +329,7 @@ class _Gpu:
 class _GpuGroup:
     """GPUs of pools with one status and one set of loadable models (empty = any model)."""
 
-    __slots__ = ("free_idx", "key", "models", "reclaim_idx", "status", "totals")
+    __slots__ = ("drain_idx", "free_idx", "key", "models", "reclaim_idx", "status", "totals")
 
     def __init__(self, status: PoolStatus, models: frozenset[str]) -> None:
         self.status = status
@@ -330,6 +337,7 @@ class _GpuGroup:
         self.key = (status, models)
         self.free_idx: Any = SortedList()  # (free, pool_id, gpu_id)
         self.reclaim_idx: Any = SortedList()  # (free + idle VRAM, pool_id, gpu_id)
+        self.drain_idx: Any = SortedList()  # (free + ready/busy VRAM, pool_id, gpu_id)
         self.totals: Any = SortedList()  # vram_total_bytes
 
     def can_load(self, model_ref: str) -> bool:
@@ -1288,6 +1296,7 @@ class ClusterState:
             and not worker.pending
             and worker.own_active == 0
         )
+        drain = usable and status in (WorkerStatus.READY, WorkerStatus.BUSY) and not worker.pending
         alloc = present and not worker.stopping
         share = self._share(worker) if present else 0
         model = worker.model_ref
@@ -1306,14 +1315,22 @@ class ClusterState:
         # GPU sums
         if rec is not None:
             rec.version += 1  # invalidates the pool's cached Rhai ctx map
-        if alloc != worker.c_alloc or idle != worker.c_idle or share != worker.c_share:
+        if (
+            alloc != worker.c_alloc
+            or idle != worker.c_idle
+            or drain != worker.c_drain
+            or share != worker.c_share
+        ):
             gpus = [] if rec is None else [rec.gpus.get(g) for g in worker.gpu_ids]
+            old = worker.c_share
             for gpu in gpus:
                 if gpu is None:
                     continue
-                gpu.allocated += (share if alloc else 0) - (worker.c_share if worker.c_alloc else 0)
-                gpu.idle += (share if idle else 0) - (worker.c_share if worker.c_idle else 0)
-            worker.c_alloc, worker.c_idle, worker.c_share = alloc, idle, share
+                gpu.allocated += (share if alloc else 0) - (old if worker.c_alloc else 0)
+                gpu.idle += (share if idle else 0) - (old if worker.c_idle else 0)
+                gpu.live += (share if drain else 0) - (old if worker.c_drain else 0)
+            worker.c_alloc, worker.c_idle, worker.c_drain = alloc, idle, drain
+            worker.c_share = share
             for gpu in gpus:
                 if gpu is not None:
                     self._reindex_gpu(gpu)
@@ -1349,8 +1366,10 @@ class ClusterState:
         gpu.c_group = group
         gpu.c_free = gpu.free()
         gpu.c_reclaim = gpu.c_free + gpu.idle
+        gpu.c_drainable = gpu.c_free + gpu.live
         group.free_idx.add((gpu.c_free, gpu.pool_id, gpu.gpu_id))
         group.reclaim_idx.add((gpu.c_reclaim, gpu.pool_id, gpu.gpu_id))
+        group.drain_idx.add((gpu.c_drainable, gpu.pool_id, gpu.gpu_id))
         group.totals.add(gpu.total)
 
     def _ungroup_gpu(self, gpu: _Gpu) -> None:
@@ -1359,6 +1378,7 @@ class ClusterState:
             return
         group.free_idx.remove((gpu.c_free, gpu.pool_id, gpu.gpu_id))
         group.reclaim_idx.remove((gpu.c_reclaim, gpu.pool_id, gpu.gpu_id))
+        group.drain_idx.remove((gpu.c_drainable, gpu.pool_id, gpu.gpu_id))
         group.totals.remove(gpu.total)
         gpu.c_group = None
         if not group.totals:
@@ -1375,6 +1395,11 @@ class ClusterState:
             group.reclaim_idx.remove((gpu.c_reclaim, gpu.pool_id, gpu.gpu_id))
             group.reclaim_idx.add((reclaim, gpu.pool_id, gpu.gpu_id))
             gpu.c_reclaim = reclaim
+        drainable = free + gpu.live
+        if drainable != gpu.c_drainable:
+            group.drain_idx.remove((gpu.c_drainable, gpu.pool_id, gpu.gpu_id))
+            group.drain_idx.add((drainable, gpu.pool_id, gpu.gpu_id))
+            gpu.c_drainable = drainable
         if free != gpu.c_free:
             group.free_idx.remove((gpu.c_free, gpu.pool_id, gpu.gpu_id))
             group.free_idx.add((free, gpu.pool_id, gpu.gpu_id))
@@ -1445,6 +1470,29 @@ class ClusterState:
                 )
                 if alloc != gpu.allocated:
                     problems.append(f"gpu {rec.pool_id}/{gpu.gpu_id}: {gpu.allocated} != {alloc}")
+                usable = rec.status is not PoolStatus.OFFLINE
+                on = [self._workers[w] for w in gpu.workers if w in self._workers]
+                idle = sum(
+                    self._share(w)
+                    for w in on
+                    if usable
+                    and w.status() is WorkerStatus.READY
+                    and w.active() == 0
+                    and not w.pending
+                    and w.own_active == 0
+                )
+                live_vram = sum(
+                    self._share(w)
+                    for w in on
+                    if usable
+                    and w.status() in (WorkerStatus.READY, WorkerStatus.BUSY)
+                    and not w.pending
+                )
+                if (idle, live_vram) != (gpu.idle, gpu.live):
+                    problems.append(
+                        f"gpu {rec.pool_id}/{gpu.gpu_id}: idle/live {gpu.idle}/{gpu.live}"
+                        f" != {idle}/{live_vram}"
+                    )
         for m, mq in self._models.items():
             n = sum(g.size() for g in mq.groups.values())
             if n != mq.queued:
