@@ -7,12 +7,13 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from orchestrator_core import TaskSubmitRequest
-from orchestratord import MemoryStore, create_app
+from orchestratord import MemoryStore, SqliteStore, create_app
 from orchestratord.logs import JsonFormatter
 from orchestratord.testing import (
     RecordingPoolAgentClient,
@@ -198,6 +199,31 @@ async def test_queue_full_is_429_with_retry_after(daemon: Daemon) -> None:
     assert r.status_code == 429
     assert r.headers["retry-after"] == "1"
     assert r.json()["error"]["code"] == "QUEUE_FULL"
+
+
+async def test_drop_oldest_batch_even_while_the_dropped_job_is_being_admitted(
+    tmp_path: Path,
+) -> None:
+    # SQLite: admissions really wait for the writer, so they interleave
+    app = create_app(
+        make_config(queue={"capacity": 1, "full_policy": "drop-oldest-batch"}),
+        store=SqliteStore(tmp_path / "d.sqlite3"),
+        worker_client=ScriptedWorkerClient(),
+        pool_client=RecordingPoolAgentClient(),
+    )
+    async with running_app(app) as client:
+        body = {"model": "m1", "prompt": "p", "max_tokens": 2, "priority": "batch"}
+        replies = await asyncio.gather(*(client.post("/v2/tasks", json=body) for _ in range(4)))
+        assert [r.status_code for r in replies] == [202] * 4
+        ids = [r.json()["job_id"] for r in replies]
+        states = [(await client.get(f"/v2/tasks/{i}")).json() for i in ids]
+        assert [s["status"] for s in states].count("queued") == 1
+        for state, job_id in zip(states, ids, strict=True):
+            if state["status"] == "queued":
+                continue  # its stream stays open: nothing runs it
+            assert state["error"]["code"] == "QUEUE_FULL"
+            events = parse_sse((await client.get(f"/v2/tasks/{job_id}/events")).text)
+            assert [(i, k) for i, k, _ in events] == [(1, "queued"), (2, "error")]
 
 
 async def test_cancel_queued_job(daemon: Daemon) -> None:

@@ -175,6 +175,8 @@ class ActiveJob:
     grace_handle: asyncio.TimerHandle | None = None
     had_subscriber: bool = False
     explanation: dict[str, Any] | None = None
+    late_terminal: StoredEvent | None = None
+    """Terminal event of a job dropped while its own admission was still committing."""
 
     @property
     def job(self) -> Job:
@@ -455,9 +457,17 @@ class Orchestrator:
             raise OrchestratorError("could not store the job", code=ErrorCode.INTERNAL) from None
         a.stream.publish(queued)
         a.pending = False
+        if a.late_terminal is not None:  # dropped by a later admission meanwhile
+            a.stream.publish(a.late_terminal)
+            return TaskSubmitResponse(
+                job_id=job.job_id, queue_position=0, events_url=f"/v2/tasks/{job.job_id}/events"
+            )
         if dropped is not None:
             dropped.terminal_sent = True
-            dropped.stream.publish(events[-1])
+            if dropped.pending:  # its own admission publishes ``queued``, then this
+                dropped.late_terminal = events[-1]
+            else:
+                dropped.stream.publish(events[-1])
             self.metrics.tasks_dropped.inc()
             log("job.dropped", "dropped by drop-oldest-batch", job_id=dropped.job_id)
             self.listener.job_unqueued(dropped.job_id)
@@ -539,12 +549,14 @@ class Orchestrator:
 
     def _terminal_event(self, a: ActiveJob) -> StoredEvent:
         job = a.job
+        # A job still being admitted has its ``queued`` event (1) in flight: it comes next.
+        event_id = 2 if a.pending and not a.stream.events else a.stream.next_id
         if job.status is JobStatus.COMPLETED:
             data: dict[str, Any] = {"job_id": a.job_id, "tokens": a.row.tokens}
-            return StoredEvent(a.job_id, a.stream.next_id, "end", _dumps(data))
+            return StoredEvent(a.job_id, event_id, "end", _dumps(data))
         code = str(job.error_code or ErrorCode.INTERNAL)
         data = {"job_id": a.job_id, "code": code, "message": job.error_message or code}
-        return StoredEvent(a.job_id, a.stream.next_id, "error", _dumps(data))
+        return StoredEvent(a.job_id, event_id, "error", _dumps(data))
 
     async def _finish(
         self,
