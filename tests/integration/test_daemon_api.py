@@ -473,3 +473,37 @@ async def test_openapi_documents_the_bodies_and_no_422(daemon: Daemon) -> None:
     for path in doc["paths"].values():
         for method in path.values():
             assert "422" not in method["responses"]
+
+
+async def test_rhai_policy_hot_swap_runs_jobs_and_bad_scripts_are_refused(daemon: Daemon) -> None:
+    await daemon.register()
+    bad = await daemon.client.put(
+        "/v2/scheduler", json={"policy": "rhai", "script": "fn schedule(ctx) { let x = ; }"}
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "INVALID_PARAMETER"
+    assert "script" in bad.json()["error"]["message"]
+    missing = await daemon.client.put("/v2/scheduler", json={"policy": "rhai"})
+    assert missing.status_code == 400 and "script" in missing.json()["error"]["message"]
+    assert (await daemon.client.get("/v2/scheduler")).json()["policy"] == "priority"
+    script = "fn schedule(ctx) { platform_schedule(ctx) }"
+    r = await daemon.client.put("/v2/scheduler", json={"policy": "rhai", "script": script})
+    assert r.status_code == 200, r.text
+    assert r.json()["policy"] == "rhai" and r.json()["script"] == script
+    job_id = (await daemon.submit()).json()["job_id"]
+    await wait_for(lambda: job_id not in daemon.orch.active)
+    assert (await daemon.status(job_id))["status"] == "completed"
+
+
+async def test_a_failing_rhai_policy_falls_back_and_is_counted(daemon: Daemon) -> None:
+    await daemon.register()
+    script = 'fn schedule(ctx) { throw "boom" }'
+    r = await daemon.client.put("/v2/scheduler", json={"policy": "rhai", "script": script})
+    assert r.status_code == 200, r.text
+    job_id = (await daemon.submit()).json()["job_id"]
+    await wait_for(lambda: job_id not in daemon.orch.active)
+    assert (await daemon.status(job_id))["status"] == "completed"  # the built-in decided
+    view = (await daemon.client.get("/v2/scheduler")).json()
+    assert view["fallbacks"] >= 1 and view["errors"] >= 1
+    metrics = (await daemon.client.get("/metrics")).text
+    assert "orchestratord_scheduler_fallbacks_total" in metrics
+    assert 'orchestratord_scheduler_errors_total{kind="throw"}' in metrics

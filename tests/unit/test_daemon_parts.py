@@ -210,3 +210,23 @@ def test_public_api_is_sorted_importable_and_documented() -> None:
         obj = getattr(orchestratord, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert obj.__doc__, name
+
+
+def test_a_rhai_policy_file_from_the_configuration(tmp_path: Path) -> None:
+    script = tmp_path / "policy.rhai"
+    script.write_text("fn schedule(ctx) { platform_schedule(ctx) }\n")
+    config = make_config(scheduler={"policy": "rhai", "script": str(script)})
+    app = orchestratord.create_app(config, store=MemoryStore())
+    assert app.state.scheduling.view().policy == "rhai"
+
+
+def test_a_broken_rhai_policy_file_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "policy.rhai"
+    script.write_text("fn schedule(ctx) { let = 1; }\n")
+    f = tmp_path / "c.toml"
+    f.write_text(f"[scheduler]\npolicy = 'rhai'\nscript = '{script}'\n")
+    assert main(["--config", str(f), "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "scheduler.script" in err and "Traceback" not in err

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 from orchestrator_core import (
@@ -33,6 +34,8 @@ from orchestrator_core import (
 )
 from orchestrator_core.api import ApiModel
 from orchestrator_core.errors import FieldError
+from orchestrator_core.rhai.scheduler import PolicyCall
+from orchestrator_core.rhai.tools import build_policy_scheduler, policy_registry
 from orchestrator_core.scheduling.decisions import (
     Action,
     Decision,
@@ -84,6 +87,11 @@ class SchedulerView(BaseModel):
     rules: str | None = None
 
 
+def _read_policy_file(path: str) -> str:
+    """Policy files named by ``scheduler.script`` / ``scheduler.rules`` (``~`` expanded)."""
+    return Path(path).expanduser().read_text(encoding="utf-8")
+
+
 def _invalid(problems: list[str]) -> RequestInvalid:
     errors = []
     for problem in problems:
@@ -112,7 +120,9 @@ class SchedulingLoop(ClusterListener):
     ) -> None:
         self.orch = orch
         self.debounce_s = debounce_s
-        self.registry = registry
+        self.registry = registry or policy_registry(
+            read_file=_read_policy_file, on_call=self._on_policy_call
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -125,10 +135,18 @@ class SchedulingLoop(ClusterListener):
             policy=cfg.scheduler.policy, placement=cfg.scheduler.placement, since=orch.clock()
         )
         self.state = ClusterState.from_config(cfg)
-        self.scheduler: Scheduler = build_scheduler(cfg, registry)
+        self.scheduler: Scheduler = build_scheduler(cfg, self.registry)
         self._view.policy = self.scheduler.name or cfg.scheduler.policy
 
     # -- wiring ----------------------------------------------------------------------------
+
+    def _on_policy_call(self, call: PolicyCall) -> None:
+        # Runs on the policy's thread: counters only.
+        if call.failure is not None:
+            self._view.errors += 1
+            self._view.fallbacks += 1
+            self.orch.metrics.scheduler_errors.labels(call.failure.kind).inc()
+            self.orch.metrics.scheduler_fallbacks.inc()
 
     def attach(self) -> None:
         """Become the orchestrator's listener."""
@@ -416,7 +434,15 @@ class SchedulingLoop(ClusterListener):
         data["scheduler"] = {k: v for k, v in section.items() if v is not None}
         try:
             config = OrchestratorConfig.from_mapping(data, env={})
-            scheduler = build_scheduler(config, self.registry)
+            if config.scheduler.policy in ("rhai", "rules"):
+                scheduler = build_policy_scheduler(
+                    config,
+                    text=update.script if config.scheduler.policy == "rhai" else update.rules,
+                    registry=self.registry,
+                    on_call=self._on_policy_call,
+                )
+            else:
+                scheduler = build_scheduler(config, self.registry)
         except ConfigInvalid as exc:
             raise _invalid(exc.problems) from None
         while self._in_flight:  # never swap under a running policy call
