@@ -12,7 +12,7 @@ the orchestrator does next, run by the real Rhai engine in a sandbox.
 docs/policies.md is the guide: ctx fields, helpers, decisions, limits, rules, tools.
 """
 
-from orchestrator_core.rhai.context import ContextBuilder, names_platform_schedule
+from orchestrator_core.rhai.context import ContextBuilder, needs_platform_decision
 from orchestrator_core.rhai.diagnostics import Diagnostic, PolicyInvalid
 from orchestrator_core.rhai.engine import (
     DEFAULT_RHAI_LIMITS,
@@ -113,7 +113,7 @@ __all__ = [
     "dry_run",
     "load_policy",
     "make_policy",
-    "names_platform_schedule",
+    "needs_platform_decision",
     "parse_rules",
     "policy_kind_of",
     "policy_registry",

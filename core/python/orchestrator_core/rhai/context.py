@@ -11,7 +11,8 @@ Unix milliseconds). :class:`ContextBuilder` adds two keys:
   ``pool_status``, ``gpu_free_bytes`` (free VRAM of its GPUs), ``gpu_names`` and ``load``
   (active jobs per slot). Worker-selection helpers read it instead of scanning every pool.
 * ``platform`` — the built-in policy's decision map (without explanation), only when the
-  policy's source names ``platform_schedule`` (see :func:`names_platform_schedule`).
+  policy's source names ``platform_schedule``, ``plan_delegate`` or ``plan_decision`` (see
+  :func:`needs_platform_decision`).
 
 The free-worker entries of a pool are cached until the pool changes (the scheduling
 package caches each pool's ctx map per pool version, so an unchanged pool hands back the
@@ -26,14 +27,17 @@ from typing import Any
 from orchestrator_core.scheduling.decisions import Decision, decision_to_dict
 from orchestrator_core.scheduling.snapshot import SchedulingSnapshot
 
-__all__ = ["ContextBuilder", "names_platform_schedule"]
+__all__ = ["PLATFORM_HELPERS", "ContextBuilder", "needs_platform_decision"]
 
-_PLATFORM_RE = re.compile(r"\bplatform_schedule\b")
+PLATFORM_HELPERS = ("platform_schedule", "plan_delegate", "plan_decision")
+"""Prelude helpers that read the built-in decision (``ctx.platform``)."""
+
+_PLATFORM_RE = re.compile(r"\b(" + "|".join(PLATFORM_HELPERS) + r")\b")
 
 
-def names_platform_schedule(source: str) -> bool:
-    """Whether Rhai ``source`` names ``platform_schedule`` anywhere (code, strings or
-    comments): only then is the built-in decision computed before each call."""
+def needs_platform_decision(source: str) -> bool:
+    """Whether Rhai ``source`` names one of :data:`PLATFORM_HELPERS` anywhere (code,
+    strings or comments): only then is the built-in decision computed before each call."""
     return _PLATFORM_RE.search(source) is not None
 
 

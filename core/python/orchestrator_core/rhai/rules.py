@@ -212,35 +212,49 @@ def _no_duplicates(loader: _Dupes, node: yaml.MappingNode, deep: bool = False) -
 _Dupes.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 
-def _positions(node: yaml.Node | None, path: str, out: dict[str, tuple[int, int]]) -> None:
-    """Record the 1-based (line, column) of every value under ``node`` by field path."""
+def _positions(
+    node: yaml.Node | None,
+    path: str,
+    values: dict[str, tuple[int, int]],
+    keys: dict[str, tuple[int, int]],
+) -> None:
+    """Record the 1-based (line, column) of every value (and every map key) by field path."""
     if node is None:
         return
-    out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
             sub = f"{path}.{key}" if path else str(key)
-            out.setdefault(sub, (key_node.start_mark.line + 1, key_node.start_mark.column + 1))
-            _positions(value_node, sub, out)
+            keys.setdefault(sub, (key_node.start_mark.line + 1, key_node.start_mark.column + 1))
+            _positions(value_node, sub, values, keys)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _positions(item, f"{path}[{i}]", out)
+            _positions(item, f"{path}[{i}]", values, keys)
 
 
 class _Parser:
-    def __init__(self, name: str, positions: dict[str, tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        values: dict[str, tuple[int, int]],
+        keys: dict[str, tuple[int, int]],
+    ) -> None:
         self.name = name
-        self.positions = positions
+        self.values = values
+        self.keys = keys
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
         self.models: list[str] = []
 
-    def _position(self, path: str) -> tuple[int | None, int | None]:
-        """YAML position of ``path``, or of its nearest parent that has one."""
+    def _position(self, path: str, *, key: bool = False) -> tuple[int | None, int | None]:
+        """YAML position of the value at ``path`` (of its key with ``key``), or of its
+        nearest parent that has one."""
+        if key and path in self.keys:
+            return self.keys[path]
         probe = path
         while True:
-            pos = self.positions.get(probe)
+            pos = self.values.get(probe)
             if pos is not None:
                 return pos
             if not probe:
@@ -249,7 +263,7 @@ class _Parser:
             probe = probe[:cut] if cut > 0 else ""
 
     def _diag(self, severity: Literal["error", "warning"], kind: str, path: str, msg: str) -> None:
-        line, column = self._position(path)
+        line, column = self._position(path, key=kind == "unknown_field")
         diag = Diagnostic(
             severity, kind, f"{path}: {msg}" if path else msg, self.name, line, column
         )
@@ -339,6 +353,7 @@ class _Parser:
                 terms.append(self.field_condition(str(key), JOB_FIELDS[key], cond, sub))
             else:
                 self.unknown(sub, key, (*JOB_FIELDS, *_COMBINATORS), "job field")
+                terms.append("false")
         if not terms:
             return "true"
         return " && ".join(terms) if len(terms) == 1 else " && ".join(f"({t})" for t in terms)
@@ -538,9 +553,10 @@ def parse_rules(yaml_text: str, *, name: str = "rules.yaml") -> RuleSet:
             ],
             source=name,
         ) from None
-    positions: dict[str, tuple[int, int]] = {}
-    _positions(node, "", positions)
-    parser = _Parser(name, positions)
+    values: dict[str, tuple[int, int]] = {}
+    keys: dict[str, tuple[int, int]] = {}
+    _positions(node, "", values, keys)
+    parser = _Parser(name, values, keys)
     ruleset = parser.ruleset(data)
     if parser.errors:
         raise RulesInvalid(parser.errors + parser.warnings, source=name)
@@ -573,14 +589,9 @@ def generate_rhai(ruleset: RuleSet, *, name: str = "rules.yaml") -> str:
     ]
     for rule in ruleset.rules:
         out.append(f"//   {_comment(rule.describe())}")
-    default = (
-        "platform (the built-in policy: platform_schedule)"
-        if ruleset.default == "platform"
-        else "wait"
-    )
+    default = "platform (the built-in policy)" if ruleset.default == "platform" else "wait"
     out.append(f"//   otherwise: {default}")
-    if ruleset.uses_platform and ruleset.default != "platform":
-        out.append("// Rules with action platform use platform_schedule.")
+    out.append("// The built-in policy starts workers for the models of jobs that wait for one.")
     out.append("fn schedule(ctx) {")
     for i, model in enumerate(ruleset.models):
         out.append(f"    let m_{i} = ctx.resolve_model({rhai_string(model)});")

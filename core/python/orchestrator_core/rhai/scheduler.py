@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from orchestrator_core.rhai.context import ContextBuilder, names_platform_schedule
+from orchestrator_core.rhai.context import ContextBuilder, needs_platform_decision
 from orchestrator_core.rhai.diagnostics import (
     Diagnostic,
     PolicyInvalid,
@@ -265,7 +265,7 @@ class RhaiScheduler:
         self.logger = logger if logger is not None else logging.getLogger("orchestrator_core.rhai")
         self.forward_logs = forward_logs
         self.on_call = on_call
-        self.uses_platform = names_platform_schedule(source)
+        self.uses_platform = needs_platform_decision(source)
         self.script = compile_policy(source, name=name, limits=limits)
         self._ctx = ContextBuilder(window)
         self._ctx_lock = threading.Lock()

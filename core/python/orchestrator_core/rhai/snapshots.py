@@ -54,9 +54,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator_core.api import field_error
 from orchestrator_core.config import OrchestratorConfig
-from orchestrator_core.errors import ConfigInvalid, ErrorCode, OrchestratorError
+from orchestrator_core.errors import ConfigInvalid, ErrorCode, OrchestratorError, RequestInvalid
 from orchestrator_core.jobs import Job, JobParams, JobStatus, Priority
-from orchestrator_core.pools import PoolInfo
+from orchestrator_core.pools import GpuInfo, PoolInfo, WorkerInfo
 from orchestrator_core.scheduling.catalog import ModelCatalog
 from orchestrator_core.scheduling.scheduler import build_placement, build_queue_order
 from orchestrator_core.scheduling.snapshot import SchedulingSnapshot
@@ -155,7 +155,7 @@ class _Document(_Strict):
     settings: _Settings = Field(default_factory=_Settings)
     models: list[_Model] = Field(default_factory=list)
     tenants: list[_Tenant] = Field(default_factory=list)
-    pools: list[PoolInfo] = Field(default_factory=list)
+    pools: list[dict[str, Any]] = Field(default_factory=list)  # PoolInfo, checked one by one
     jobs: list[_Job] = Field(default_factory=list)
 
 
@@ -177,12 +177,18 @@ def snapshot_from_json(data: str | bytes | Mapping[str, Any]) -> SchedulingSnaps
             raise SnapshotInvalid([f"not valid JSON: {exc}"]) from None
     if not isinstance(data, Mapping):
         raise SnapshotInvalid([f"must be a JSON object, got {type(data).__name__}"])
+    problems: list[str] = []
     try:
         doc = _Document.model_validate(dict(data))
     except ValidationError as exc:
         problems = [field_error(_Document, e).message for e in exc.errors()]
         raise SnapshotInvalid(problems) from None
-    problems = _duplicates(doc)
+    pools: list[PoolInfo] = []
+    for i, raw in enumerate(doc.pools):
+        pool = _pool(raw, f"pools[{i}]", problems)
+        if pool is not None:
+            pools.append(pool)
+    problems.extend(_duplicates(doc, pools))
     if problems:
         raise SnapshotInvalid(problems)
     config = _config(doc)
@@ -212,7 +218,7 @@ def snapshot_from_json(data: str | bytes | Mapping[str, Any]) -> SchedulingSnaps
                 tenant_id=tenant.tenant_id or None,
             )
             state.restore_running(job, worker_id="")
-    for pool in doc.pools:
+    for pool in pools:
         state.upsert_pool(pool)
     for j in doc.jobs:
         p = j.params
@@ -242,10 +248,38 @@ def snapshot_from_json(data: str | bytes | Mapping[str, Any]) -> SchedulingSnaps
     return state.snapshot(doc.now)
 
 
-def _duplicates(doc: _Document) -> list[str]:
+def _item(cls: type[Any], raw: Any, where: str, problems: list[str]) -> Any:
+    """``cls(**raw)`` or ``None``, with problems prefixed by ``where`` (the API types report
+    paths relative to themselves)."""
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: must be an object, got {raw!r}"[:200])
+        return None
+    try:
+        return cls(**raw)
+    except RequestInvalid as exc:
+        problems.extend(f"{where}.{e.message}" for e in exc.errors)
+        return None
+
+
+def _pool(raw: dict[str, Any], where: str, problems: list[str]) -> PoolInfo | None:
+    before = len(problems)
+    parts: dict[str, list[Any]] = {}
+    for key, cls in (("gpus", GpuInfo), ("workers", WorkerInfo)):
+        items = raw.get(key, [])
+        if not isinstance(items, list):
+            problems.append(f"{where}.{key}: must be a list")
+            continue
+        parts[key] = [_item(cls, x, f"{where}.{key}[{k}]", problems) for k, x in enumerate(items)]
+    if len(problems) > before:
+        return None
+    pool: PoolInfo | None = _item(PoolInfo, {**raw, **parts}, where, problems)
+    return pool
+
+
+def _duplicates(doc: _Document, pools: list[PoolInfo]) -> list[str]:
     problems: list[str] = []
     for what, ids in (
-        ("pools", [p.pool_id for p in doc.pools]),
+        ("pools", [p.pool_id for p in pools]),
         ("jobs", [j.job_id for j in doc.jobs]),
         ("tenants", [t.tenant_id for t in doc.tenants]),
     ):
@@ -256,7 +290,7 @@ def _duplicates(doc: _Document) -> list[str]:
                 problems.append(f"{what}[{i}].{key}: duplicate {ident!r}")
             seen.add(ident)
     workers: set[str] = set()
-    for i, pool in enumerate(doc.pools):
+    for i, pool in enumerate(pools):
         for k, w in enumerate(pool.workers):
             if w.worker_id in workers:
                 problems.append(f"pools[{i}].workers[{k}].worker_id: duplicate {w.worker_id!r}")
