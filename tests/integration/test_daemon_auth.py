@@ -74,6 +74,14 @@ async def test_tokens_are_required_and_checked_by_kind(lab: Any) -> None:
     assert (await client.get("/health")).status_code == 200  # probes need no token
 
 
+async def test_openapi_declares_bearer_auth_in_lab_mode(lab: Any) -> None:
+    client, _ = lab
+    doc = (await client.get("/openapi.json")).json()
+    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert doc["paths"]["/v2/tasks"]["post"]["security"] == [{"bearerAuth": []}]
+    assert "security" not in doc["paths"]["/health"]["get"]
+
+
 async def test_tenants_see_only_their_own_jobs(lab: Any) -> None:
     client, _ = lab
     mine = (await client.post("/v2/tasks", json=SUBMIT, headers=bearer(TENANT))).json()["job_id"]

@@ -267,7 +267,7 @@ _BODY_MODELS: list[type[BaseModel]] = [
 ]
 
 
-def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+def _openapi(app: FastAPI, *, bearer: bool) -> Callable[[], dict[str, Any]]:
     def build() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
@@ -282,10 +282,15 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             components.setdefault(key, value)
         for key in ("HTTPValidationError", "ValidationError"):
             components.pop(key, None)
-        for path in schema.get("paths", {}).values():
+        if bearer:
+            schemes = schema["components"].setdefault("securitySchemes", {})
+            schemes["bearerAuth"] = {"type": "http", "scheme": "bearer"}
+        for name, path in schema.get("paths", {}).items():
             for op in path.values():
                 if isinstance(op, dict):
                     op.get("responses", {}).pop("422", None)
+                    if bearer and name.startswith("/v2/"):
+                        op["security"] = [{"bearerAuth": []}]
         app.openapi_schema = schema
         return schema
 
@@ -345,7 +350,7 @@ def create_app(
     app.state.orchestrator = orch
     app.state.scheduling = loop
     app.add_middleware(CorrelationMiddleware)
-    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, bearer=auth.required)  # type: ignore[method-assign]
 
     @app.exception_handler(OrchestratorError)
     async def _orchestrator_error(_r: Request, exc: OrchestratorError) -> JSONResponse:
