@@ -27,9 +27,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 from orchestratord.processes import DaemonProcess, HeartbeatingPool, free_port, wait_until
+
+STREAMS = 8
 
 CONFIG = """
 [heartbeat]
@@ -144,8 +147,8 @@ def main() -> None:
             "the stamping engine",
         )
         with tempfile.TemporaryDirectory() as tmp, DaemonProcess(Path(tmp), CONFIG) as d:
-            stub = _Stub(engine_url)
-            with HeartbeatingPool(d.url, [stub], interval_s=0.5):  # type: ignore[list-item]
+            stubs = [_Stub(engine_url, f"stamp-{i}") for i in range(STREAMS)]
+            with HeartbeatingPool(d.url, stubs, interval_s=0.5):  # type: ignore[arg-type]
                 # 1) latency per token at a realistic pace (1 token / 5 ms)
                 n_lat = 200 if quick else 1000
                 asyncio.run(direct(engine_url, 20, 0.5))  # warm-up
@@ -156,6 +159,14 @@ def main() -> None:
                 n_tp = 2000 if quick else 10000
                 _, dn, ds = asyncio.run(direct(engine_url, n_tp, 0.0))
                 _, rn, rs = asyncio.run(relayed(d.url, n_tp, 0.0))
+                # 3) aggregate: several streams at once (group commit across streams)
+                n_agg = n_tp // STREAMS
+                t0 = time.perf_counter()
+                asyncio.run(_many(direct, engine_url, n_agg))
+                d_agg = n_agg * STREAMS / (time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                asyncio.run(_many(relayed, d.url, n_agg))
+                r_agg = n_agg * STREAMS / (time.perf_counter() - t0)
         print(f"per-token delivery latency ({n_lat} tokens at 200 tokens/s):")
         print(f"  direct   p50 {pct(dl, 0.5):.3f} ms  p99 {pct(dl, 0.99):.3f} ms")
         print(f"  relayed  p50 {pct(rl, 0.5):.3f} ms  p99 {pct(rl, 0.99):.3f} ms")
@@ -175,16 +186,24 @@ def main() -> None:
             f"  mean direct latency {statistics.mean(dl) * 1000:.3f} ms vs relayed "
             f"{statistics.mean(rl) * 1000:.3f} ms"
         )
+        print(
+            f"aggregate over {STREAMS} concurrent streams: direct {d_agg:,.0f} tokens/s, "
+            f"relayed {r_agg:,.0f} tokens/s, ratio {r_agg / d_agg:.2f}"
+        )
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-class _Stub:
-    """Looks like an EngineProcess to HeartbeatingPool."""
+async def _many(fn: Any, url: str, tokens: int) -> None:
+    await asyncio.gather(*(fn(url, tokens, 0.0) for _ in range(STREAMS)))
 
-    def __init__(self, url: str) -> None:
-        self.url, self.model, self.worker_id, self.alive = url, "bench", "stamp-0", True
+
+class _Stub:
+    """Looks like an EngineProcess to HeartbeatingPool (one worker id per stream)."""
+
+    def __init__(self, url: str, worker_id: str) -> None:
+        self.url, self.model, self.worker_id, self.alive = url, "bench", worker_id, True
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ job's final status matching its terminal event."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from orchestrator_core import JobStatus, PoolRegistration, TaskSubmitRequest
-from orchestratord import MemoryStore, Orchestrator, SchedulingLoop
+from orchestratord import MemoryStore, Orchestrator, SchedulingLoop, SqliteStore, Store
 from orchestratord.auth import Principal
 from orchestratord.testing import RecordingPoolAgentClient, make_config, pool_registration
 from orchestratord.workers import ExecuteRequest, WorkerEvent, WorkerLost, WorkerUnreachable
@@ -80,13 +82,13 @@ class ControlledWorkerClient:
         return None
 
 
-async def scenario(actions: list[str]) -> dict[str, Any]:
+async def scenario(actions: list[str], store: Store | None = None) -> dict[str, Any]:
     config = make_config(
         retry={"base_delay_s": 0.0, "max_delay_s": 0.0, "max_attempts": 3},
         timeout={"cancel_deadline_s": 0.05, "reconnect_grace_s": 1.0},
     )
     worker = ControlledWorkerClient()
-    store = MemoryStore()
+    store = store if store is not None else MemoryStore()
     orch = Orchestrator(
         config, store=store, worker_client=worker, pool_client=RecordingPoolAgentClient()
     )
@@ -134,7 +136,22 @@ async def scenario(actions: list[str]) -> dict[str, Any]:
 )
 @given(actions=ACTIONS)
 def test_sse_stream_order_and_exactly_one_terminal_event(actions: list[str]) -> None:
-    out = asyncio.run(scenario(actions))
+    check(asyncio.run(scenario(actions)))
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(actions=ACTIONS)
+def test_the_same_with_sqlite_where_commits_really_interleave(actions: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        check(asyncio.run(scenario(actions, SqliteStore(Path(tmp) / "p.sqlite3"))))
+
+
+def check(out: dict[str, Any]) -> None:
+    """The invariants of the module docstring."""
     events = out["events"]
     kinds = [e.kind for e in events]
     assert [e.event_id for e in events] == list(range(1, len(events) + 1))

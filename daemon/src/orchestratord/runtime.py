@@ -41,7 +41,7 @@ import math
 import random
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +103,7 @@ _TRANSIENT_WORKER_CODES = frozenset(
 )
 
 _RECENT_STREAMS = 512
+_MAX_INFLIGHT = 256
 
 
 def estimate_prompt_tokens(prompt: str) -> int:
@@ -177,6 +178,17 @@ class ActiveJob:
     explanation: dict[str, Any] | None = None
     late_terminal: StoredEvent | None = None
     """Terminal event of a job dropped while its own admission was still committing."""
+    last_reserved: int = 0
+    """Highest event id handed out (published, or committing in ``inflight``)."""
+    inflight: deque[tuple[asyncio.Future[None], StoredEvent]] = field(default_factory=deque)
+    """Events being committed, in id order; each is published once it and all before it are
+    committed."""
+    closing: bool = False
+    """The job is ending: no more non-terminal events."""
+    write_failed: bool = False
+
+    def __post_init__(self) -> None:
+        self.last_reserved = max(self.last_reserved, self.stream.last_id)
 
     @property
     def job(self) -> Job:
@@ -431,7 +443,7 @@ class Orchestrator:
         job.model_ref = model_ref
         row = JobRow(job=job, timeout_s=float(timeout_s), correlation_id=correlation_id)
         result = self.queue.enqueue(job)  # may raise QueueFull
-        a = ActiveJob(row=row, stream=JobStream(job.job_id))
+        a = ActiveJob(row=row, stream=JobStream(job.job_id), last_reserved=1)  # 1: queued
         self.active[job.job_id] = a
         self._count_tenant(job, +1)
         queued = StoredEvent(
@@ -538,19 +550,57 @@ class Orchestrator:
     async def _emit(
         self, a: ActiveJob, kind: str, data: dict[str, Any], *, row: bool = False
     ) -> bool:
-        """Commit then publish one non-terminal event; False when the job already ended."""
-        async with a.lock:
-            if a.terminal_sent:
-                return False
-            event = StoredEvent(a.job_id, a.stream.next_id, kind, _dumps(data))
-            await self.store.commit(jobs=[a.row] if row else (), events=[event], durable=False)
-            a.stream.publish(event)
-            return True
+        """Commit, then publish, one non-terminal event; False when the job is ending.
+
+        Commits are pipelined: the relay goes on reading the worker while earlier events are
+        being committed (the store's writer commits them in order, batched), and each event
+        is published only once it — and every event before it — is committed. At most
+        :data:`_MAX_INFLIGHT` events per job are in flight."""
+        if a.terminal_sent or a.closing or a.write_failed:
+            return False
+        a.last_reserved += 1
+        event = StoredEvent(a.job_id, a.last_reserved, kind, _dumps(data))
+        commit = asyncio.ensure_future(
+            self.store.commit(jobs=[a.row] if row else (), events=[event], durable=False)
+        )
+        a.inflight.append((commit, event))
+        commit.add_done_callback(lambda _f: self._publish_committed(a))
+        if len(a.inflight) > _MAX_INFLIGHT:
+            await asyncio.wait({a.inflight[0][0]})
+        return True
+
+    def _publish_committed(self, a: ActiveJob) -> None:
+        while a.inflight and a.inflight[0][0].done():
+            fut, event = a.inflight.popleft()
+            if fut.cancelled() or fut.exception() is not None:
+                if not a.write_failed:
+                    a.write_failed = True
+                    log(
+                        "http.error",
+                        f"event commit failed: {fut.exception()!r}",
+                        level=logging.ERROR,
+                        job_id=a.job_id,
+                    )
+                    if a.relay is not None and not a.relay.done():
+                        a.relay.cancel()
+                    self._spawn(
+                        self._finish(a, JobStatus.FAILED, ErrorCode.INTERNAL, "storage error"),
+                        name="store-failed",
+                    )
+                continue
+            if not a.write_failed and not a.terminal_sent:
+                a.stream.publish(event)
+
+    async def _drain(self, a: ActiveJob) -> None:
+        """Until every in-flight event of ``a`` is committed and published."""
+        while a.inflight:
+            await asyncio.wait({f for f, _ in a.inflight})
+            self._publish_committed(a)
 
     def _terminal_event(self, a: ActiveJob) -> StoredEvent:
         job = a.job
-        # A job still being admitted has its ``queued`` event (1) in flight: it comes next.
-        event_id = 2 if a.pending and not a.stream.events else a.stream.next_id
+        a.last_reserved += 1
+        event_id = a.last_reserved
         if job.status is JobStatus.COMPLETED:
             data: dict[str, Any] = {"job_id": a.job_id, "tokens": a.row.tokens}
             return StoredEvent(a.job_id, event_id, "end", _dumps(data))
@@ -571,6 +621,10 @@ class Orchestrator:
         async with a.lock:
             if a.terminal_sent or a.job.is_terminal:
                 return False
+            a.closing = True
+            await self._drain(a)  # the job row must not turn terminal under an older event
+            if a.terminal_sent or a.job.is_terminal:
+                return False
             job, now = a.job, self.clock()
             was_queued = job.status is JobStatus.QUEUED
             if was_queued and job.job_id in self.queue:
@@ -588,7 +642,8 @@ class Orchestrator:
             if status is JobStatus.COMPLETED:
                 data: dict[str, Any] = dict(end_data or {})
                 data.update({"job_id": a.job_id, "tokens": a.row.tokens})
-                event = StoredEvent(a.job_id, a.stream.next_id, "end", _dumps(data))
+                a.last_reserved += 1
+                event = StoredEvent(a.job_id, a.last_reserved, "end", _dumps(data))
             else:
                 event = self._terminal_event(a)
             if was_queued:
@@ -605,7 +660,7 @@ class Orchestrator:
                 )
                 raise
             a.terminal_sent = True
-            a.stream.publish(event)
+            a.stream.publish(event, gap_ok=a.write_failed)
         self._cleanup(a)
         return True
 

@@ -67,12 +67,15 @@ class JobStream:
             return self.events[-1]
         return None
 
-    def publish(self, event: StoredEvent) -> None:
+    def publish(self, event: StoredEvent, *, gap_ok: bool = False) -> None:
         """Append ``event`` and wake subscribers. Refuses gaps, reordering and anything after
-        the terminal event (each would break the SSE contract)."""
+        the terminal event (each would break the SSE contract); ``gap_ok`` lets a terminal
+        event follow a gap left by events that could not be stored."""
         if self.terminal is not None:
             raise ValueError(f"job {self.job_id}: event after the terminal event")
-        if event.event_id != self.next_id:
+        if gap_ok and event.terminal and event.event_id > self.next_id:
+            pass
+        elif event.event_id != self.next_id:
             raise ValueError(
                 f"job {self.job_id}: event id {event.event_id}, expected {self.next_id}"
             )
