@@ -429,3 +429,28 @@ def test_a_daemon_restarting_mid_stream_is_retried(fake):
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "The sky is blue."
     assert len(calls) == 3
+
+
+def test_a_real_ctrl_c_while_an_event_is_printed_keeps_the_resume_point_exact(fake, monkeypatch):
+    """SIGINT arriving in the middle of printing event 5: event 5 is shown, and the resume
+    point printed is 5 — a later --since neither skips nor repeats it."""
+    import os
+    import signal
+
+    from llorch.output import Output
+
+    job_id = invoke(fake, "jobs", "submit", "-m", "m", "-p", "hi", "-d").stdout.strip()
+    original = Output.json_line
+
+    def json_line(self, document):
+        original(self, document)
+        if document.get("id") == "5":
+            os.kill(os.getpid(), signal.SIGINT)  # delivered before json_line returns
+
+    monkeypatch.setattr(Output, "json_line", json_line)
+    result = invoke(fake, "jobs", "watch", job_id, "--json")
+    assert result.exit_code == ExitCode.INTERRUPTED
+    shown = [e for e in _json_lines(result.stdout) if e["event"] != "detached"]
+    assert shown[-1]["id"] == "5"
+    assert f"llorch jobs watch {job_id} --since 5" in result.stderr
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handler restored"

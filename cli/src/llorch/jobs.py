@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -93,10 +95,16 @@ def _summary(progress: _Progress, data: Any) -> str:
 
 
 def _handle(out: Output, progress: _Progress, event: SseEvent) -> ExitCode | None:
-    """Show one event; return the exit code once the terminal event arrives."""
-    data = event.json()
+    """Show one event and move the resume point past it; return the exit code once the
+    terminal event arrives. :func:`follow` keeps Ctrl-C out of the middle of this."""
+    code = _show(out, progress, event)
     if event.id is not None:
         progress.last_event_id = event.id
+    return code
+
+
+def _show(out: Output, progress: _Progress, event: SseEvent) -> ExitCode | None:
+    data = event.json()
     if out.json_mode:
         out.json_line({"event": event.event, "id": event.id, "data": data})
     job = progress.job_id
@@ -141,6 +149,22 @@ def _handle(out: Output, progress: _Progress, event: SseEvent) -> ExitCode | Non
     return None
 
 
+class _InterruptGuard:
+    """Defers Ctrl-C while one event is being shown, so that "shown" and "resume point moved
+    past it" happen together: a later ``--since`` neither skips nor repeats an event."""
+
+    def __init__(self) -> None:
+        self.critical = False
+        self.pending = False
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        """SIGINT handler: raise now, or once the event being shown is done."""
+        if self.critical:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+
 def follow(
     client: OrchestratorClient,
     out: Output,
@@ -149,12 +173,29 @@ def follow(
     events_url: str | None = None,
 ) -> ExitCode:
     """Print a job's events until its terminal event; the exit code says how it ended."""
-    for event in client.events(
-        progress.job_id, last_event_id=progress.last_event_id, events_url=events_url
-    ):
-        code = _handle(out, progress, event)
-        if code is not None:
-            return code
+    guard = _InterruptGuard()
+    installed = True
+    previous: Any = signal.default_int_handler
+    try:
+        previous = signal.signal(signal.SIGINT, guard.handler) or signal.default_int_handler
+    except ValueError:  # not the main thread: no signal handling to adjust
+        installed = False
+    try:
+        for event in client.events(
+            progress.job_id, last_event_id=progress.last_event_id, events_url=events_url
+        ):
+            guard.critical = True
+            try:
+                code = _handle(out, progress, event)
+            finally:
+                guard.critical = False
+            if guard.pending:
+                raise KeyboardInterrupt
+            if code is not None:
+                return code
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, previous)
     return ExitCode.JOB_FAILED  # pragma: no cover - events() only returns after a terminal event
 
 

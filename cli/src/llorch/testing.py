@@ -188,7 +188,7 @@ class FakeOrchestratord:
                     return _envelope(400, "INVALID_REQUEST", "script: no `schedule` function")
                 self.scheduler = {**body, "activated_at": self.now}
                 return httpx.Response(200, json=self.scheduler)
-        return _envelope(404, "INVALID_REQUEST", f"no route {method} {request.url.path}")
+        return _envelope(404, "ROUTE_NOT_FOUND", f"no route {method} {request.url.path}")
 
     def _submit(self, request: httpx.Request) -> httpx.Response:
         try:
