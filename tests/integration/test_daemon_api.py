@@ -389,15 +389,15 @@ async def test_models_reported_by_pools_are_accepted(daemon: Daemon) -> None:
 
 async def test_error_paths_all_use_the_envelope(daemon: Daemon) -> None:
     cases = [
-        (await daemon.client.get("/nope"), 404, "INVALID_REQUEST"),
-        (await daemon.client.put("/v2/tasks"), 405, "INVALID_REQUEST"),
+        (await daemon.client.get("/nope"), 404, "ROUTE_NOT_FOUND"),
+        (await daemon.client.put("/v2/tasks"), 405, "METHOD_NOT_ALLOWED"),
         (await daemon.client.get("/v2/tasks/job-unknown"), 404, "JOB_NOT_FOUND"),
         (await daemon.client.delete("/v2/tasks/job-unknown"), 404, "JOB_NOT_FOUND"),
         (await daemon.client.get("/v2/tasks/job-unknown/events"), 404, "JOB_NOT_FOUND"),
         (await daemon.client.get("/v2/pools/nope"), 404, "POOL_NOT_FOUND"),
         (await daemon.client.get("/v2/tasks?limit=0"), 400, "INVALID_PARAMETER"),
         (await daemon.client.get("/v2/tasks?status=bogus"), 400, "INVALID_PARAMETER"),
-        (await daemon.client.post("/v2/tasks", content=b"x" * (3 << 20)), 413, "INVALID_REQUEST"),
+        (await daemon.client.post("/v2/tasks", content=b"x" * (3 << 20)), 413, "PAYLOAD_TOO_LARGE"),
     ]
     for r, status, code in cases:
         assert r.status_code == status, (r.request.url, r.text)

@@ -271,6 +271,9 @@ def test_responses_round_trip_through_json() -> None:
 STATUS_TABLE = {
     "INVALID_REQUEST": 400,
     "INVALID_PARAMETER": 400,
+    "PAYLOAD_TOO_LARGE": 413,
+    "ROUTE_NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
     "UNAUTHORIZED": 401,
     "FORBIDDEN": 403,
     "JOB_NOT_FOUND": 404,

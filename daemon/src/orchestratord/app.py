@@ -65,14 +65,6 @@ _CORRELATION_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _KEEPALIVE_S = 15.0
 
 
-class ApiError(OrchestratorError):
-    """An error whose HTTP status is not the code's own (unknown route, method, body size)."""
-
-    def __init__(self, message: str, *, status: int, code: ErrorCode = ErrorCode.INVALID_REQUEST):
-        super().__init__(message, code=code)
-        self.status = status
-
-
 class TaskList(BaseModel):
     """``GET /v2/tasks``: a page of jobs, newest first."""
 
@@ -123,7 +115,7 @@ def _correlation_id() -> str:
 def error_response(err: OrchestratorError, status: int | None = None) -> JSONResponse:
     """The envelope of ``err`` with its status (from the code table unless given)."""
     if status is None:
-        status = err.status if isinstance(err, ApiError) else http_status_for(err.code)
+        status = http_status_for(err.code)
     headers: dict[str, str] = {}
     if err.code in (ErrorCode.QUEUE_FULL, ErrorCode.QUOTA_EXCEEDED):
         headers["Retry-After"] = str(int(err.details.get("retry_after_s", 1)))
@@ -210,13 +202,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes (413) without reading it all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(f"body: larger than {limit} bytes", status=413)
+        raise OrchestratorError(
+            f"body: larger than {limit} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(f"body: larger than {limit} bytes", status=413)
+            raise OrchestratorError(
+                f"body: larger than {limit} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -359,13 +355,16 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            msg = f"no route {request.method} {request.url.path}"
+            msg, code = f"no route {request.method} {request.url.path}", ErrorCode.ROUTE_NOT_FOUND
         elif exc.status_code == 405:
             msg = f"method {request.method} not allowed on {request.url.path}"
+            code = ErrorCode.METHOD_NOT_ALLOWED
+        elif exc.status_code == 413:
+            msg, code = str(exc.detail), ErrorCode.PAYLOAD_TOO_LARGE
         else:
             msg = str(exc.detail)
-        code = ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL
-        response = error_response(ApiError(msg, status=exc.status_code, code=code))
+            code = ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL
+        response = error_response(OrchestratorError(msg, code=code), status=exc.status_code)
         if exc.headers:
             response.headers.update(exc.headers)
         return response
