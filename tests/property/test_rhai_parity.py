@@ -5,8 +5,11 @@ The clusters mix online, degraded and offline pools (some restricted to a few mo
 of several sizes, workers in every status with one to three slots, models that are in the
 catalog, known only from workers, or unknown, tenants with quotas (enforced or not, wait or
 reject), interactive, batch and promoted batch jobs, and LRU/LFU/manual eviction with or
-without a minimum idle time. So the comparison covers dispatch, quota waits and rejects,
-cold starts, scale-out, evictions, NO_CAPACITY and MODEL_NOT_FOUND rejects and waits.
+without a minimum idle time; half of them are crowded (small, full GPUs) so that cold
+models need evictions or drains. So the comparison covers dispatch, quota waits and
+rejects, cold starts, scale-out, evictions (never of a worker needed ahead), drains of the
+workers blocking a model that waited over a minute, NO_CAPACITY and MODEL_NOT_FOUND rejects
+and every wait reason.
 
 The only freedom allowed: consecutive rejects may come in another order (the built-in
 scheduler walks a model's jobs tenant by tenant, the twin in queue order).
@@ -14,7 +17,6 @@ scheduler walks a model's jobs tenant by tenant, the twin in queue order).
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,6 @@ from orchestrator_core.scheduling import (
 from orchestrator_core.scheduling.state import ClusterState
 from orchestrator_core.testing import cluster
 
-# The twin does not (yet) withhold workers to drain them for a long-waiting model.
-NO_DRAIN: dict[str, Any] = (
-    {"drain_after_s": None}
-    if "drain_after_s" in inspect.signature(BuiltinScheduler).parameters
-    else {}
-)
-
 TWIN = (Path(__file__).parents[2] / "examples" / "policies" / "platform_twin.rhai").read_text()
 
 MODELS = ["m0", "m1", "m2", "m3", "m4"]  # m4 is in no catalog
@@ -53,13 +48,16 @@ JOB_MODELS = ["m0", "m0", "m1", "m1", "m2", "m3", "m3", "m4", "m0-alias", "m1-al
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[ClusterState, float, str, float]:
+    # crowded clusters: small, full GPUs, so that cold models need evictions or drains
+    crowded = draw(st.booleans())
     enforce = draw(st.sampled_from([True, True, False]))
     quota_action = draw(st.sampled_from(["wait", "reject"]))
     builder = cluster(enforce_quotas=enforce, quota_action=quota_action)
     for m in MODELS[:4]:
         if draw(st.integers(0, 5)) > 0:
             aliases = [f"{m}-alias"] if draw(st.booleans()) else []
-            builder.model(m, vram_gb=draw(st.sampled_from(VRAM_GB)), aliases=aliases)
+            vram = draw(st.sampled_from([8, 12, 16] if crowded else VRAM_GB))
+            builder.model(m, vram_gb=vram, aliases=aliases)
     tenants = ["t0", "t1", "t2"]
     for t in tenants:
         if draw(st.booleans()):
@@ -72,9 +70,14 @@ def scenarios(draw: st.DrawFn) -> tuple[ClusterState, float, str, float]:
         builder.pool(f"p{p}", status=status, models=loadable)
         n_gpus = draw(st.sampled_from([0, 1, 1, 2, 3]))
         for g in range(n_gpus):
-            builder.gpu(f"g{g}", vram_gb=draw(st.sampled_from([8, 24, 48, 80])))
+            sizes = [24] if crowded else [8, 24, 48, 80]
+            builder.gpu(f"g{g}", vram_gb=draw(st.sampled_from(sizes)))
         for _ in range(draw(st.integers(0, 5))):
-            model = draw(st.sampled_from(MODELS[:3] if draw(st.booleans()) else MODELS))
+            model = draw(
+                st.sampled_from(
+                    ["m0", "m1", "m2", "m4"] if crowded or draw(st.booleans()) else MODELS
+                )
+            )
             slots = draw(st.integers(1, 3))
             gpus = (
                 []
@@ -93,7 +96,7 @@ def scenarios(draw: st.DrawFn) -> tuple[ClusterState, float, str, float]:
                 model,
                 gpu=gpus,
                 status=draw(st.sampled_from(STATUSES)),
-                vram_gb=draw(st.sampled_from([None, 2.0, 10.0, 20.0])),
+                vram_gb=draw(st.sampled_from([10.0, 12.0] if crowded else [None, 2.0, 10.0, 20.0])),
                 active=draw(st.sampled_from([0, 0, slots, draw(st.integers(0, slots))])),
                 slots=slots,
                 last_used_at=draw(st.sampled_from([None, 100.0, 500.0, 900.0, 990.0])),
@@ -102,7 +105,7 @@ def scenarios(draw: st.DrawFn) -> tuple[ClusterState, float, str, float]:
             wid += 1
     n_jobs = draw(st.integers(0, 25))
     for j in range(n_jobs):
-        model = draw(st.sampled_from(JOB_MODELS))
+        model = draw(st.sampled_from(["m3", "m3", "m3", "m0", "m1"] if crowded else JOB_MODELS))
         builder.job(
             f"j{j:02d}",
             model,
@@ -160,7 +163,6 @@ def test_the_rhai_twin_decides_like_the_builtin_scheduler(
         order="priority",
         placement="least-loaded",
         eviction=build_eviction(eviction, min_idle),
-        **NO_DRAIN,
     )
     twin = RhaiScheduler(TWIN, name="platform_twin.rhai", fallback=builtin)
     snapshot = state.snapshot(now)

@@ -111,8 +111,15 @@ def test_ctx_follows_the_contract_and_says_the_queue_is_windowed() -> None:
         "config",
         "now",
         "free_workers",
+        "gpus",
+        "live_slots",
+        "plan",
     }
-    assert "platform" not in ctx  # the source does not name platform_schedule
+    assert ctx["platform"] is None  # the source does not name platform_schedule
+    assert ctx["live_slots"] == {"llama": 2}
+    assert [(g["pool_id"], g["id"], g["idle_vram_bytes"]) for g in ctx["gpus"]] == [
+        ("p1", "g0", 8 * 10**9)
+    ]
     assert ctx["now"] == 100_000
     assert [j["id"] for j in ctx["queue"]] == ["j1", "extra0", "j2"]  # 2 per class
     assert ctx["queue_info"]["truncated"] is True

@@ -18,6 +18,7 @@ from orchestrator_core.rhai import (
     PRELUDE_SOURCE,
     ContextBuilder,
     compile_script,
+    empty_plan,
     prelude_helpers,
     sample_snapshot_json,
     snapshot_from_json,
@@ -46,6 +47,7 @@ fn t_wait(job_id) { this.calculate_wait_time(this.get_job(job_id)) }
 fn t_quota(tenant) { this.check_tenant_quota(tenant, this.get_job("job-i-1")) }
 fn t_taken() { this.find_free_worker("llama-8b", #{ "a-llama-1": 1 }) }
 fn t_take_slot() { let t = #{}; t.take_slot(#{ id: "w" }); t.take_slot(#{ id: "w" }); t }
+fn t_plan_start() { this.plan_start(); this.plan }
 fn t_actions() {
     decision_actions(#{ action: "batch", actions: [#{ action: "wait" }, #{ action: "wait" }] })
 }
@@ -245,3 +247,8 @@ def test_every_public_helper_is_tested() -> None:
         "plan_decision",
     }
     assert {name for name, _ in prelude_helpers()} - tested - elsewhere == set()
+
+
+def test_ctx_arrives_with_the_plan_that_plan_start_makes(script: Any, ctx: dict[str, Any]) -> None:
+    assert ctx["plan"] == empty_plan()
+    assert script.call("t_plan_start", this=ctx).value == empty_plan()

@@ -12,7 +12,12 @@ the orchestrator does next, run by the real Rhai engine in a sandbox.
 docs/policies.md is the guide: ctx fields, helpers, decisions, limits, rules, tools.
 """
 
-from orchestrator_core.rhai.context import ContextBuilder, needs_platform_decision
+from orchestrator_core.rhai.context import (
+    PLATFORM_HELPERS,
+    ContextBuilder,
+    empty_plan,
+    needs_platform_decision,
+)
 from orchestrator_core.rhai.diagnostics import Diagnostic, PolicyInvalid
 from orchestrator_core.rhai.engine import (
     DEFAULT_RHAI_LIMITS,
@@ -78,6 +83,7 @@ __all__ = [
     "EVENT_POLICY_FAILED",
     "EVENT_POLICY_LOG",
     "JOB_FIELDS",
+    "PLATFORM_HELPERS",
     "PRELUDE_SOURCE",
     "RHAI_VERSION",
     "SNAPSHOT_FORMAT",
@@ -111,6 +117,7 @@ __all__ = [
     "compile_rules",
     "compile_script",
     "dry_run",
+    "empty_plan",
     "load_policy",
     "make_policy",
     "needs_platform_decision",
