@@ -20,6 +20,7 @@ from orchestrator_core.rhai import (
     dry_run,
     load_policy,
     make_policy,
+    prelude_helpers,
     sample_snapshot,
     sample_snapshot_json,
     snapshot_document,
@@ -147,6 +148,20 @@ def test_every_shipped_example_is_tested_and_valid() -> None:
         report = validate_policy((EXAMPLES / name).read_text(), name=name)
         assert report.valid, report.to_dict()["problems"]
         assert report.warnings == []
+
+
+def test_every_helper_is_documented_in_the_policy_guide() -> None:
+    guide = (Path(__file__).parents[2] / "docs" / "policies.md").read_text()
+    missing = [name for name, _ in prelude_helpers() if f"{name}(" not in guide]
+    assert missing == []
+
+
+def test_the_prelude_and_the_sample_ship_as_package_data() -> None:
+    from importlib import resources
+
+    package = resources.files("orchestrator_core.rhai")
+    assert package.joinpath("prelude.rhai").is_file()
+    assert package.joinpath("sample_snapshot.json").is_file()
 
 
 def test_the_example_snapshot_is_the_packaged_sample() -> None:

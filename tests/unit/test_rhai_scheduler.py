@@ -359,6 +359,27 @@ def test_the_wall_clock_budget_ends_an_endless_loop(caplog: pytest.LogCaptureFix
     assert 0.02 < elapsed < 1.0
 
 
+@pytest.mark.parametrize(
+    "body",
+    ["loop {}", "down(0)", 'let s = "x"; loop { s += s; }', "let a = [1]; loop { a += a; }"],
+)
+def test_default_limits_end_hostile_scripts_within_the_default_budget(body: str) -> None:
+    s = scheduler(hostile_source(body))  # default limits: 1e6 operations, 50 ms
+    started = time.perf_counter()
+    call = s.run(snap(evil=True))
+    assert time.perf_counter() - started < 1.0
+    assert call.failure is not None
+    assert call.failure.kind in {
+        "max_operations",
+        "timeout",
+        "max_call_levels",
+        "max_string_size",
+        "max_array_size",
+    }
+    assert call.decision == BUILTIN.schedule(snap(evil=True))
+    assert s.schedule(snap()) == Dispatch("j1", "w1")
+
+
 def test_repeated_identical_failures_are_logged_once_then_every_hundredth(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
