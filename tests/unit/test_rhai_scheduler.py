@@ -521,3 +521,18 @@ def test_the_registry_builds_rhai_and_rules_policies_by_name() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_policies(registry, read_file=files.__getitem__)
     register_policies(default_registry(), read_file=files.__getitem__)
+
+
+def test_the_factory_passes_hooks_and_log_forwarding_to_the_scheduler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[PolicyCall] = []
+    source = 'fn schedule(ctx) { log_info("hello"); #{ action: "wait", reason: "r" } }'
+    registry = policy_registry(
+        read_file={"p.rhai": source}.__getitem__, on_call=seen.append, forward_logs=False
+    )
+    built = build_scheduler(config(policy="rhai", script="p.rhai"), registry)
+    with caplog.at_level(logging.DEBUG, logger="orchestrator_core.rhai"):
+        assert built.schedule(snap()) == Wait("r")
+    assert [c.logs for c in seen] == [(("info", "hello"),)]
+    assert caplog.records == []

@@ -363,11 +363,13 @@ def build_policy_scheduler(
     registry: SchedulerRegistry | None = None,
     logger: logging.Logger | None = None,
     on_call: Callable[[PolicyCall], None] | None = None,
+    forward_logs: bool = True,
 ) -> Scheduler:
     """The scheduler of ``config.scheduler.policy``: a built-in one (from ``registry``,
     default the built-ins), or a :class:`RhaiScheduler` for ``rhai`` (``scheduler.script``)
     and ``rules`` (``scheduler.rules``), with the configuration's ``budget_ms``,
-    ``max_operations`` and ``snapshot_window`` and the built-in policy as its fallback.
+    ``max_operations`` and ``snapshot_window`` and the built-in policy as its fallback;
+    ``logger``, ``on_call`` and ``forward_logs`` go to :class:`RhaiScheduler`.
 
     The policy's text is ``text`` if given, else ``read_file(path)``. Problems raise
     :class:`~orchestrator_core.errors.ConfigInvalid` naming the key
@@ -397,6 +399,7 @@ def build_policy_scheduler(
             limits=RhaiLimits(budget_ms=sched.budget_ms, max_operations=sched.max_operations),
             logger=logger,
             on_call=on_call,
+            forward_logs=forward_logs,
         )
     except PolicyInvalid as exc:
         raise PolicyInvalid(exc.diagnostics, key=key, source=path) from None
@@ -408,13 +411,20 @@ def register_policies(
     read_file: ReadFile,
     logger: logging.Logger | None = None,
     on_call: Callable[[PolicyCall], None] | None = None,
+    forward_logs: bool = True,
     replace: bool = False,
 ) -> SchedulerRegistry:
     """Register the ``rhai`` and ``rules`` policies in ``registry`` (returned), reading
-    policy files through ``read_file``."""
+    policy files through ``read_file`` (see :func:`build_policy_scheduler`)."""
 
     def factory(config: OrchestratorConfig) -> Scheduler:
-        return build_policy_scheduler(config, read_file=read_file, logger=logger, on_call=on_call)
+        return build_policy_scheduler(
+            config,
+            read_file=read_file,
+            logger=logger,
+            on_call=on_call,
+            forward_logs=forward_logs,
+        )
 
     for name in ("rhai", "rules"):
         registry.register(name, factory, replace=replace)
@@ -426,9 +436,14 @@ def policy_registry(
     read_file: ReadFile,
     logger: logging.Logger | None = None,
     on_call: Callable[[PolicyCall], None] | None = None,
+    forward_logs: bool = True,
 ) -> SchedulerRegistry:
     """A registry with the built-in policies and ``rhai``/``rules`` (see
     :func:`register_policies`)."""
     return register_policies(
-        default_registry(), read_file=read_file, logger=logger, on_call=on_call
+        default_registry(),
+        read_file=read_file,
+        logger=logger,
+        on_call=on_call,
+        forward_logs=forward_logs,
     )
