@@ -252,8 +252,14 @@ def test_condition(when: Any, matching: set[str]) -> None:
     assert rejected == matching
 
 
+TRICKY = ['"); throw "x"; //', "${ctx.now}", "\\", "\n\t\r\x00", "`${1}`", "é ✓ 🚀"]
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.text(max_size=40), st.text(max_size=40))
+@given(
+    st.one_of(st.text(max_size=40), st.sampled_from(TRICKY)),
+    st.one_of(st.text(max_size=20), st.sampled_from(["acme", "globex", "initech", *TRICKY])),
+)
 def test_any_text_in_a_rule_stays_data(message: str, tenant: str) -> None:
     """Quotes, backslashes, newlines, `${...}` in YAML values cannot change the program."""
     rules = rules_yaml(
@@ -264,9 +270,7 @@ def test_any_text_in_a_rule_stays_data(message: str, tenant: str) -> None:
             "message": message,
         },
     )
-    assume_ok = len(message) <= 1024
     decision = decide(rules)
-    assert assume_ok
     rejects = [a for a in iter_actions(decision) if isinstance(a, Reject)]
     expected = {"job-b-3", "job-i-1", "job-i-2", "job-b-1", "job-b-2", "job-i-3"} - (
         {
