@@ -7,10 +7,11 @@ run the daemon with the ``orchestratord`` console script.
 The public API is exactly ``__all__``.
 """
 
-from orchestratord.app import create_app, default_store, sqlite_path
+from orchestratord.app import create_app, default_store, default_worker_client, sqlite_path
 from orchestratord.auth import Authenticator, Principal
 from orchestratord.cli import build_config, main
 from orchestratord.metrics import Metrics
+from orchestratord.openai_workers import OpenAIWorkerClient
 from orchestratord.pool_agents import HttpPoolAgentClient, PoolAgentClient, PoolRequestFailed
 from orchestratord.runtime import ActiveJob, Orchestrator, estimate_prompt_tokens
 from orchestratord.scheduling_loop import SchedulerUpdate, SchedulerView, SchedulingLoop
@@ -20,6 +21,7 @@ from orchestratord.streams import JobStream, format_sse
 from orchestratord.workers import (
     ExecuteRequest,
     NativeWorkerClient,
+    ProtocolRoutingWorkerClient,
     WorkerClient,
     WorkerError,
     WorkerEvent,
@@ -41,10 +43,12 @@ __all__ = [
     "MemoryStore",
     "Metrics",
     "NativeWorkerClient",
+    "OpenAIWorkerClient",
     "Orchestrator",
     "PoolAgentClient",
     "PoolRequestFailed",
     "Principal",
+    "ProtocolRoutingWorkerClient",
     "SchedulerUpdate",
     "SchedulerView",
     "SchedulingLoop",
@@ -60,6 +64,7 @@ __all__ = [
     "build_config",
     "create_app",
     "default_store",
+    "default_worker_client",
     "estimate_prompt_tokens",
     "format_sse",
     "main",

@@ -51,15 +51,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestratord.auth import Authenticator, Principal, Role
 from orchestratord.logs import correlation_id_var, log
 from orchestratord.metrics import CONTENT_TYPE, Metrics
+from orchestratord.openai_workers import OpenAIWorkerClient
 from orchestratord.pool_agents import HttpPoolAgentClient, PoolAgentClient
 from orchestratord.runtime import Clock, Orchestrator
 from orchestratord.scheduling_loop import SchedulerUpdate, SchedulerView, SchedulingLoop
 from orchestratord.sqlite_store import SqliteStore
 from orchestratord.store import JobFilter, MemoryStore, Store
 from orchestratord.streams import format_sse, keepalive
-from orchestratord.workers import NativeWorkerClient, WorkerClient
+from orchestratord.workers import NativeWorkerClient, ProtocolRoutingWorkerClient, WorkerClient
 
-__all__ = ["create_app", "default_store", "sqlite_path"]
+__all__ = ["create_app", "default_store", "default_worker_client", "sqlite_path"]
 
 _CORRELATION_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _KEEPALIVE_S = 15.0
@@ -103,6 +104,15 @@ def default_store(config: OrchestratorConfig) -> Store:
     if backend == "postgres":
         raise ConfigInvalid(["persistence.backend: 'postgres' is not available in this build"])
     return SqliteStore(sqlite_path(config))
+
+
+def default_worker_client() -> WorkerClient:
+    """The daemon's worker client: each job goes to the client of its worker's protocol —
+    :class:`NativeWorkerClient` for ``"llorch"`` workers, :class:`OpenAIWorkerClient` for
+    ``"openai"`` ones (``WorkerInfo.protocol`` from the pool's heartbeats)."""
+    return ProtocolRoutingWorkerClient(
+        {"llorch": NativeWorkerClient(), "openai": OpenAIWorkerClient()}, default="llorch"
+    )
 
 
 # -- error rendering ---------------------------------------------------------------------------
@@ -315,7 +325,7 @@ def create_app(
     orch = Orchestrator(
         config,
         store=store if store is not None else default_store(config),
-        worker_client=worker_client or NativeWorkerClient(),
+        worker_client=worker_client or default_worker_client(),
         pool_client=pool_client or HttpPoolAgentClient(),
         clock=clock,
         metrics=metrics,

@@ -744,12 +744,13 @@ class Orchestrator:
             attempt=a.job.attempts,
         )
         a.relay = asyncio.get_running_loop().create_task(
-            self._relay(a, pool_id, worker_id, worker.uri), name=f"relay-{job_id}"
+            self._relay(a, pool_id, worker, worker.uri), name=f"relay-{job_id}"
         )
         self._update_queue_gauges()
         return None
 
-    async def _relay(self, a: ActiveJob, pool_id: str, worker_id: str, uri: str) -> None:
+    async def _relay(self, a: ActiveJob, pool_id: str, worker: WorkerInfo, uri: str) -> None:
+        worker_id = worker.worker_id
         job = a.job
         prompt = job.prompt or ""
         p = job.params
@@ -763,6 +764,8 @@ class Orchestrator:
             repetition_penalty=p.repetition_penalty,
             stop=p.stop,
             seed=p.seed,
+            model=worker.model_ref,
+            protocol=worker.protocol,
         )
         cid = a.row.correlation_id
         try:

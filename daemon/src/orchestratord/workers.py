@@ -19,14 +19,18 @@ retry rules tell apart:
 * :class:`WorkerLost` — the stream broke after it had started (the worker died mid-job):
   retried only if no token was relayed, else the job fails with WORKER_FAILED.
 
-An OpenAI-compatible client (``/v1/completions`` with ``stream: true``) plugs in behind the
-same protocol.
+Engines that speak the OpenAI-compatible API (``/v1/completions`` with ``stream: true``:
+vLLM, llama.cpp's server, SGLang, Ollama) are driven by
+:class:`~orchestratord.openai_workers.OpenAIWorkerClient` behind the same protocol.
+:class:`ProtocolRoutingWorkerClient` picks the client of each job from the worker's
+``protocol`` (``WorkerInfo.protocol``, carried in :attr:`ExecuteRequest.protocol`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,6 +39,7 @@ import httpx
 __all__ = [
     "ExecuteRequest",
     "NativeWorkerClient",
+    "ProtocolRoutingWorkerClient",
     "SseParser",
     "WorkerClient",
     "WorkerError",
@@ -58,7 +63,11 @@ class WorkerLost(WorkerError):
 
 @dataclass(frozen=True, slots=True)
 class ExecuteRequest:
-    """What the daemon asks a worker to run (the body of ``POST /execute``)."""
+    """What the daemon asks a worker to run (the body of ``POST /execute``).
+
+    ``model`` and ``protocol`` describe the worker, not the job's body: the model it serves
+    (OpenAI-compatible engines want it as ``model``) and how to talk to it (``"llorch"`` or
+    ``"openai"``, from its ``WorkerInfo``). Neither is part of the native body."""
 
     job_id: str
     prompt: str
@@ -69,9 +78,11 @@ class ExecuteRequest:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    model: str = ""
+    protocol: str = "llorch"
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON body."""
+        """The JSON body of the native ``POST /execute``."""
         return {
             "job_id": self.job_id,
             "prompt": self.prompt,
@@ -143,6 +154,7 @@ class SseParser:
 
 
 _TERMINAL = {"end", "error"}
+_URI_MEMORY = 4096
 
 
 class NativeWorkerClient:
@@ -216,3 +228,52 @@ class NativeWorkerClient:
     async def aclose(self) -> None:
         """Close the pooled connections."""
         await self._client.aclose()
+
+
+class ProtocolRoutingWorkerClient:
+    """:class:`WorkerClient` that sends each job to the client of its worker's protocol
+    (:attr:`ExecuteRequest.protocol`): e.g. ``{"llorch": NativeWorkerClient(), "openai":
+    OpenAIWorkerClient()}``. An unknown protocol goes to ``default``.
+
+    A cancel goes to the client that runs the job; for a job it does not know (e.g. one
+    recovered after a restart) to the client of the protocol last seen at that URI, else to
+    ``default``."""
+
+    def __init__(self, clients: Mapping[str, WorkerClient], *, default: str = "llorch") -> None:
+        if default not in clients:
+            raise ValueError(f"default protocol {default!r} has no client")
+        self.clients = dict(clients)
+        self.default = default
+        self._jobs: dict[str, WorkerClient] = {}
+        self._uris: OrderedDict[str, str] = OrderedDict()
+
+    def client_for(self, protocol: str) -> WorkerClient:
+        """The client of ``protocol`` (or the default one)."""
+        return self.clients.get(protocol) or self.clients[self.default]
+
+    async def execute(
+        self, worker_uri: str, request: ExecuteRequest, *, correlation_id: str
+    ) -> AsyncIterator[WorkerEvent]:
+        """See :class:`WorkerClient`."""
+        client = self.client_for(request.protocol)
+        self._uris[worker_uri] = request.protocol
+        self._uris.move_to_end(worker_uri)
+        while len(self._uris) > _URI_MEMORY:
+            self._uris.popitem(last=False)
+        self._jobs[request.job_id] = client
+        try:
+            async for event in client.execute(worker_uri, request, correlation_id=correlation_id):
+                yield event
+        finally:
+            if self._jobs.get(request.job_id) is client:
+                del self._jobs[request.job_id]
+
+    async def cancel(self, worker_uri: str, job_id: str, *, correlation_id: str) -> None:
+        """See :class:`WorkerClient`."""
+        client = self._jobs.get(job_id) or self.client_for(self._uris.get(worker_uri, self.default))
+        await client.cancel(worker_uri, job_id, correlation_id=correlation_id)
+
+    async def aclose(self) -> None:
+        """Close every client."""
+        for client in self.clients.values():
+            await client.aclose()

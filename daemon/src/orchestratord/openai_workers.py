@@ -1,0 +1,329 @@
+"""The worker client for OpenAI-compatible engines (vLLM, llama.cpp's server, SGLang, Ollama).
+
+One job is one streamed completion::
+
+    POST {worker}/v1/completions  {model, prompt, max_tokens, temperature, top_p, stop, seed,
+                                   top_k?, repetition_penalty, repeat_penalty,
+                                   stream: true, stream_options: {include_usage: true}}
+         -> text/event-stream of  data: {"choices": [{"text", "finish_reason"}], "usage"?}
+                                  data: [DONE]
+
+mapped to the daemon's worker events (SYSTEM.md §3):
+
+=====================================  ================================================
+engine                                  :class:`~orchestratord.workers.WorkerEvent`
+=====================================  ================================================
+2xx answer (stream opens)               ``started {job_id, engine_request_id}``
+chunk with non-empty ``text``           ``token {i, t}`` (``i`` = 0, 1, …)
+``data: [DONE]``                        ``metrics {tokens, elapsed_ms, ttft_ms,
+                                        tokens_per_s, usage?}`` then ``end {tokens,
+                                        finish_reason}``
+``data: {"error": …}`` mid-stream       ``error {code: WORKER_FAILED}`` (transient)
+400/413/422 before the stream           ``error {code: CONTEXT_TOO_LARGE}`` when the engine
+                                        says the context is exceeded, else
+                                        ``error {code: INVALID_PARAMETER}`` (not retried)
+other non-2xx (503 busy, 429, 5xx, …),  :class:`~orchestratord.workers.WorkerUnreachable`
+connection refused, a stream that        (retried; DISPATCH_FAILED when attempts run out)
+breaks *before the first token*
+a stream that breaks or ends without     :class:`~orchestratord.workers.WorkerLost`
+``[DONE]`` *after a token*              (the job fails WORKER_FAILED)
+=====================================  ================================================
+
+``finish_reason`` is normalised to ``"stop"`` (stop, eos, stop_sequence, content_filter) or
+``"length"`` (length, max_tokens); the engine's own word is kept as
+``engine_finish_reason`` when it differs.
+
+**Cancellation.** The OpenAI API has no cancel call: closing the connection is how vLLM,
+SGLang and llama.cpp's server abort a request. :meth:`OpenAIWorkerClient.cancel` therefore
+closes the job's stream at once (the HTTP request runs in its own task, which is cancelled)
+and the job's event stream ends with ``error {code: CANCELLED}``. A cancel that arrives
+before its job's ``execute`` is remembered for two minutes.
+
+``repetition_penalty`` (vLLM, SGLang) and ``repeat_penalty`` (llama.cpp) are both sent, so
+llama.cpp's own default (1.1) never silently replaces the job's value; ``top_k`` only when
+it is set (> 0), since engines disagree on how to spell "disabled".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from orchestratord.workers import (
+    ExecuteRequest,
+    SseParser,
+    WorkerEvent,
+    WorkerLost,
+    WorkerUnreachable,
+)
+
+__all__ = ["OpenAIWorkerClient", "normalise_finish_reason"]
+
+_FINISH_REASONS = {
+    "stop": "stop",
+    "eos": "stop",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+    "content_filter": "stop",
+    "length": "length",
+    "max_tokens": "length",
+}
+_CONTEXT_WORDS = re.compile(
+    r"context|too long|maximum .*length|exceeds? .*(length|tokens)|prompt .*tokens", re.I
+)
+_PERMANENT_STATUSES = frozenset({400, 413, 422})
+_EARLY_CANCEL_TTL_S = 120.0
+_EARLY_CANCEL_MEMORY = 4096
+_TERMINAL = {"end", "error"}
+
+
+def normalise_finish_reason(reason: str | None) -> str:
+    """The daemon's ``finish_reason`` (``"stop"`` or ``"length"``) for an engine's word;
+    anything unknown (or none) counts as ``"stop"``."""
+    return _FINISH_REASONS.get((reason or "stop").lower(), "stop")
+
+
+def _engine_message(raw: bytes) -> str:
+    """The human message of an engine's error body (OpenAI, FastAPI or plain text)."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:300]
+    if isinstance(body, dict):
+        err = body.get("error", body.get("detail", body.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        if err is not None:
+            return str(err)[:300]
+    return text[:300]
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One running completion: its event queue and the task reading the engine."""
+
+    job_id: str
+    queue: asyncio.Queue[WorkerEvent | BaseException] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    tokens: int = 0
+    cancelled: bool = False
+
+
+class OpenAIWorkerClient:
+    """:class:`~orchestratord.workers.WorkerClient` for OpenAI-compatible engines (see the
+    module docstring for the mapping), over one pooled httpx client.
+
+    ``connect_timeout_s`` bounds reaching the engine; ``read_timeout_s`` bounds the silence
+    between two chunks (an engine that stops talking is treated as lost). ``api_key`` is sent
+    as a bearer token (vLLM's ``--api-key``)."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 120.0,
+        api_key: str | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30, pool=30)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        self._client = client or httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._api_key = api_key
+        self._streams: dict[str, _Stream] = {}
+        self._early_cancels: OrderedDict[str, float] = OrderedDict()
+
+    @staticmethod
+    def body(request: ExecuteRequest) -> dict[str, Any]:
+        """The ``/v1/completions`` body for ``request``."""
+        body: dict[str, Any] = {
+            "prompt": request.prompt,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "repetition_penalty": request.repetition_penalty,
+            "repeat_penalty": request.repetition_penalty,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.model:
+            body["model"] = request.model
+        if request.top_k > 0:
+            body["top_k"] = request.top_k
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        return body
+
+    async def execute(
+        self, worker_uri: str, request: ExecuteRequest, *, correlation_id: str
+    ) -> AsyncIterator[WorkerEvent]:
+        """See :class:`~orchestratord.workers.WorkerClient`."""
+        if self._take_early_cancel(request.job_id):
+            yield WorkerEvent("error", {"code": "CANCELLED", "message": "cancelled"})
+            return
+        headers = {
+            "X-Correlation-Id": correlation_id,
+            "X-Request-Id": request.job_id,
+            "Accept": "text/event-stream",
+        }
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        url = worker_uri.rstrip("/") + "/v1/completions"
+        stream = _Stream(request.job_id)
+        self._streams[request.job_id] = stream
+        stream.task = asyncio.get_running_loop().create_task(
+            self._read(stream, url, self.body(request), headers),
+            name=f"openai-{request.job_id}",
+        )
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.kind in _TERMINAL:
+                    return
+        finally:
+            if self._streams.get(request.job_id) is stream:
+                del self._streams[request.job_id]
+            if not stream.task.done():
+                stream.task.cancel()  # closes the connection: the engine aborts the request
+                await asyncio.wait({stream.task})
+
+    async def _read(
+        self, stream: _Stream, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> None:
+        """Run the request and turn the engine's chunks into events on ``stream.queue``."""
+        put = stream.queue.put_nowait
+        t0 = time.monotonic()
+        first_token_at: float | None = None
+        finish: str | None = None
+        usage: dict[str, Any] | None = None
+        try:
+            async with self._client.stream("POST", url, json=body, headers=headers) as resp:
+                if resp.status_code // 100 != 2:
+                    put(self._refusal(resp.status_code, await resp.aread()))
+                    return
+                request_id = resp.headers.get("x-request-id")
+                put(
+                    WorkerEvent(
+                        "started", {"job_id": stream.job_id, "engine_request_id": request_id}
+                    )
+                )
+                parser = SseParser()
+                async for line in resp.aiter_lines():
+                    parsed = parser.feed(line.rstrip("\r"))
+                    if parsed is None:
+                        continue
+                    raw = parsed[1].strip()
+                    if raw == "[DONE]":
+                        break
+                    try:
+                        chunk = json.loads(raw)
+                    except ValueError:
+                        continue  # not ours to judge: keep reading
+                    if not isinstance(chunk, dict):
+                        continue
+                    if chunk.get("error") is not None:
+                        message = _engine_message(json.dumps(chunk).encode())
+                        put(WorkerEvent("error", {"code": "WORKER_FAILED", "message": message}))
+                        return
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = chunk["usage"]
+                    choices = chunk.get("choices") or []
+                    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+                    text = choice.get("text")
+                    if isinstance(text, str) and text:
+                        if first_token_at is None:
+                            first_token_at = time.monotonic()
+                        put(WorkerEvent("token", {"i": stream.tokens, "t": text}))
+                        stream.tokens += 1
+                    if choice.get("finish_reason"):
+                        finish = str(choice["finish_reason"])
+                else:
+                    if finish is None:  # closed without [DONE] or a finish_reason
+                        put(self._broke(stream, "the engine closed the stream without [DONE]"))
+                        return
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            put(WorkerUnreachable(f"cannot reach engine: {type(exc).__name__}"))
+            return
+        except httpx.HTTPError as exc:
+            put(self._broke(stream, f"engine stream broke: {type(exc).__name__}"))
+            return
+        except Exception as exc:  # never leave the reader of the queue waiting
+            put(self._broke(stream, f"engine stream failed: {type(exc).__name__}"))
+            return
+        elapsed = time.monotonic() - t0
+        tokens = stream.tokens
+        if usage is not None and isinstance(usage.get("completion_tokens"), int):
+            tokens = usage["completion_tokens"]
+        metrics: dict[str, Any] = {
+            "tokens": tokens,
+            "elapsed_ms": round(elapsed * 1000, 3),
+            "ttft_ms": None if first_token_at is None else round((first_token_at - t0) * 1000, 3),
+            "tokens_per_s": round(tokens / elapsed, 3) if elapsed > 0 else None,
+        }
+        if usage is not None:
+            metrics["usage"] = usage
+        put(WorkerEvent("metrics", metrics))
+        end: dict[str, Any] = {"tokens": tokens, "finish_reason": normalise_finish_reason(finish)}
+        if finish is not None and finish != end["finish_reason"]:
+            end["engine_finish_reason"] = finish
+        put(WorkerEvent("end", end))
+
+    @staticmethod
+    def _broke(stream: _Stream, why: str) -> WorkerUnreachable | WorkerLost:
+        """Before the first token a broken stream is a dispatch fault (retried); after it,
+        the worker was lost mid-job."""
+        return WorkerLost(why) if stream.tokens else WorkerUnreachable(why)
+
+    @staticmethod
+    def _refusal(status: int, raw: bytes) -> WorkerEvent | WorkerUnreachable:
+        message = _engine_message(raw) or f"engine answered {status}"
+        if status in _PERMANENT_STATUSES:
+            code = "CONTEXT_TOO_LARGE" if _CONTEXT_WORDS.search(message) else "INVALID_PARAMETER"
+            return WorkerEvent("error", {"code": code, "message": f"engine refused: {message}"})
+        return WorkerUnreachable(f"engine answered {status} to /v1/completions: {message}")
+
+    def _trim_early_cancels(self) -> None:
+        now = time.monotonic()
+        while self._early_cancels:
+            oldest, at = next(iter(self._early_cancels.items()))
+            fresh = now - at <= _EARLY_CANCEL_TTL_S
+            if fresh and len(self._early_cancels) <= _EARLY_CANCEL_MEMORY:
+                break
+            del self._early_cancels[oldest]
+
+    def _take_early_cancel(self, job_id: str) -> bool:
+        self._trim_early_cancels()
+        return self._early_cancels.pop(job_id, None) is not None
+
+    async def cancel(self, worker_uri: str, job_id: str, *, correlation_id: str) -> None:
+        """Close the job's stream (the engine aborts the request) and end its events with
+        ``error CANCELLED``. Idempotent; a job not running yet is cancelled when it starts."""
+        stream = self._streams.get(job_id)
+        if stream is None:
+            self._early_cancels[job_id] = time.monotonic()
+            self._trim_early_cancels()
+            return
+        if stream.cancelled:
+            return
+        stream.cancelled = True
+        if stream.task is not None and not stream.task.done():
+            stream.task.cancel()
+            await asyncio.wait({stream.task})
+        stream.queue.put_nowait(WorkerEvent("error", {"code": "CANCELLED", "message": "cancelled"}))
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._client.aclose()
