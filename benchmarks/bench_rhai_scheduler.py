@@ -153,9 +153,7 @@ def run_case(jobs: int, steps: int) -> None:
     base = Scenario(jobs, builtin.schedule)
     times = [base.step() for _ in range(steps)]
     base_p50, base_p99 = statistics.median(times), pct(times, 0.99)
-    print(
-        f"{jobs:>6} {'builtin':<14} {'':>8} {'':>8} {ms(base_p50)} {ms(base_p99)} {1.0:>7.2f}"
-    )
+    print(f"{jobs:>6} {'builtin':<14} {'':>8} {'':>8} {ms(base_p50)} {ms(base_p99)} {1.0:>7.2f}")
     for name, source in policies().items():
         calls: list[PolicyCall] = []
         scheduler = RhaiScheduler(
@@ -204,7 +202,9 @@ def unwindowed(jobs: int) -> None:
 
 def main() -> None:
     steps = 40 if QUICK else 300
-    print(f"bench_rhai_scheduler{' (quick)' if QUICK else ''}: {WORKERS} workers, {steps} decisions")
+    print(
+        f"bench_rhai_scheduler{' (quick)' if QUICK else ''}: {WORKERS} workers, {steps} decisions"
+    )
     print("times in ms; ratio = p50 / built-in p50 of the same size, same run")
     print(f"{'jobs':>6} {'policy':<14} {'ctx':>8} {'engine':>8} {'p50':>8} {'p99':>8} {'ratio':>7}")
     for jobs in SIZES:
