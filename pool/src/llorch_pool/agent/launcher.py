@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ __all__ = [
     "ModelSpec",
     "ProcessEngineHandle",
     "SubprocessEngineLauncher",
+    "resolve_model_path",
 ]
 
 log = logging.getLogger("llorch_pool.agent.launcher")
@@ -147,6 +149,30 @@ class ProcessEngineHandle:
             self._log_file = None
 
 
+def resolve_model_path(config: ModelLaunchConfig) -> str | None:
+    """The model file of ``config`` for ``{model_path}``: ``model_path`` (``~`` expanded), or
+    what the ``model_path_from`` function returns (it is imported and called: slow the first
+    time for packages that assemble their file). ``None`` when neither is set. Raises
+    ``OSError`` naming the setting when the function cannot be loaded or called, or the file
+    does not exist."""
+    if config.model_path is not None:
+        path = Path(config.model_path).expanduser()
+        setting = f"model_path {config.model_path!r}"
+    elif config.model_path_from is not None:
+        setting = f"model_path_from {config.model_path_from!r}"
+        module_name, _, func_name = config.model_path_from.partition(":")
+        try:
+            func = getattr(importlib.import_module(module_name), func_name)
+            path = Path(func())
+        except Exception as exc:
+            raise OSError(f"{setting}: {type(exc).__name__}: {exc}") from exc
+    else:
+        return None
+    if not path.is_file():
+        raise OSError(f"{setting}: no such file {str(path)!r}")
+    return str(path)
+
+
 class SubprocessEngineLauncher:
     """Starts one engine process per worker from the configured launch commands.
 
@@ -166,6 +192,8 @@ class SubprocessEngineLauncher:
         self._models = dict(models)
         self._host = host
         self._log_dir = Path(log_dir) if log_dir is not None else None
+        self._model_paths: dict[str, str | None] = {}
+        self._path_locks: dict[str, asyncio.Lock] = {}
         self._specs = {
             ref: ModelSpec(
                 model_ref=ref,
@@ -182,7 +210,7 @@ class SubprocessEngineLauncher:
         """Models with a launch command."""
         return self._specs
 
-    def argv(self, spec: LaunchSpec, port: int) -> list[str]:
+    def argv(self, spec: LaunchSpec, port: int, model_path: str | None = None) -> list[str]:
         """The command line for ``spec`` with its placeholders filled in."""
         values = {
             "python": sys.executable,
@@ -191,14 +219,27 @@ class SubprocessEngineLauncher:
             "model_ref": spec.model.model_ref,
             "gpu_id": spec.gpu_id,
             "worker_id": spec.worker_id,
+            "model_path": model_path or "",
         }
         return [arg.format_map(values) for arg in self._models[spec.model.model_ref].argv]
 
+    async def model_path(self, model_ref: str) -> str | None:
+        """The model file for ``{model_path}`` (see :func:`resolve_model_path`), resolved once
+        per model, in a thread; a failure is not cached (the next start tries again)."""
+        async with self._path_locks.setdefault(model_ref, asyncio.Lock()):
+            if model_ref not in self._model_paths:
+                config = self._models[model_ref]
+                path = await asyncio.to_thread(resolve_model_path, config)
+                self._model_paths[model_ref] = path
+            return self._model_paths[model_ref]
+
     async def launch(self, spec: LaunchSpec) -> ProcessEngineHandle:
-        """Start the engine process; raises ``OSError`` if it cannot be started."""
+        """Start the engine process; raises ``OSError`` if it cannot be started (also when
+        its model file cannot be resolved)."""
         config = self._models[spec.model.model_ref]
+        model_path = await self.model_path(spec.model.model_ref)
         port = free_port(self._host)
-        argv = self.argv(spec, port)
+        argv = self.argv(spec, port, model_path)
         env = dict(os.environ)
         env.update(config.env)
         if spec.cuda_device is not None:
