@@ -5,12 +5,14 @@ protocol-routing client."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from llorch_pool.serving import serve_app
 from orchestratord import (
     ExecuteRequest,
     NativeWorkerClient,
@@ -23,6 +25,10 @@ from orchestratord import (
 from orchestratord.openai_workers import normalise_finish_reason
 from orchestratord.processes import EngineProcess, free_port, wait_until
 from orchestratord.testing import ScriptedWorkerClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -270,3 +276,39 @@ async def test_the_routing_client_drives_a_real_engine_on_both_protocols(
     assert a[-1].kind == b[-1].kind == "end"
     assert "engine_request_id" in b[0].data  # the OpenAI path's started event
     assert "engine_request_id" not in a[0].data
+
+
+async def test_done_without_a_finish_reason_is_an_interrupted_stream(
+    client: OpenAIWorkerClient,
+) -> None:
+    """llama-cpp-python cuts a generation with a bare ``[DONE]`` when another request takes
+    its model lock: that is not a completed job."""
+    chunks: list[str] = []
+
+    async def completions(request: Request) -> StreamingResponse:
+        async def body() -> AsyncIterator[str]:
+            for text in chunks:
+                yield "data: " + json.dumps({"choices": [{"text": text, "finish_reason": None}]})
+                yield "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/completions", completions, methods=["POST"])])
+    server = await serve_app(app)
+    try:
+        chunks[:] = ["a", "b"]
+        events: list[WorkerEvent] = []
+
+        async def collect() -> None:
+            async for ev in client.execute(server.url, request("j-cut"), correlation_id="c"):
+                events.append(ev)
+
+        with pytest.raises(WorkerLost, match="finish_reason"):
+            await collect()
+        assert kinds(events) == ["started", "token", "token"]
+        chunks[:] = []
+        with pytest.raises(WorkerUnreachable, match="finish_reason"):
+            await run(client, server.url, request("j-cut0"))
+    finally:
+        await server.stop()

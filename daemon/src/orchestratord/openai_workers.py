@@ -25,8 +25,8 @@ chunk with non-empty ``text``           ``token {i, t}`` (``i`` = 0, 1, …)
 other non-2xx (503 busy, 429, 5xx, …),  :class:`~orchestratord.workers.WorkerUnreachable`
 connection refused, a stream that        (retried; DISPATCH_FAILED when attempts run out)
 breaks *before the first token*
-a stream that breaks or ends without     :class:`~orchestratord.workers.WorkerLost`
-``[DONE]`` *after a token*              (the job fails WORKER_FAILED)
+a stream that breaks, or ends without   :class:`~orchestratord.workers.WorkerLost`
+a ``finish_reason``, *after a token*    (the job fails WORKER_FAILED)
 =====================================  ================================================
 
 ``finish_reason`` is normalised to ``"stop"`` (stop, eos, stop_sequence, content_filter) or
@@ -41,7 +41,8 @@ before its job's ``execute`` is remembered for two minutes.
 
 ``repetition_penalty`` (vLLM, SGLang) and ``repeat_penalty`` (llama.cpp) are both sent, so
 llama.cpp's own default (1.1) never silently replaces the job's value; ``top_k`` only when
-it is set (> 0), since engines disagree on how to spell "disabled".
+it is set (> 0), since engines disagree on how to spell "disabled". No ``X-Request-Id`` is
+sent: llama-cpp-python's server answers 400 to one that is not a UUID.
 """
 
 from __future__ import annotations
@@ -173,7 +174,6 @@ class OpenAIWorkerClient:
             return
         headers = {
             "X-Correlation-Id": correlation_id,
-            "X-Request-Id": request.job_id,
             "Accept": "text/event-stream",
         }
         if self._api_key:
@@ -227,6 +227,10 @@ class OpenAIWorkerClient:
                         continue
                     raw = parsed[1].strip()
                     if raw == "[DONE]":
+                        if finish is None:  # e.g. llama-cpp-python interrupting the request
+                            why = "the engine ended the stream without a finish_reason"
+                            put(self._broke(stream, why))
+                            return
                         break
                     try:
                         chunk = json.loads(raw)

@@ -1,6 +1,6 @@
 """Real processes for acceptance tests and benchmarks: an ``orchestratord`` daemon, simulated
-engines (``llorch-sim engine``) and a stand-in pool that registers those engines and sends
-heartbeats over real HTTP.
+engines (``llorch-sim engine``), pool agents (``llorch-pool`` or ``llorch-sim pool``) and a
+stand-in pool that registers those engines and sends heartbeats over real HTTP.
 
 Every helper picks free loopback ports, waits with a deadline (polling, no fixed sleeps) and
 is a context manager that kills what it started, even when the test fails.
@@ -29,6 +29,7 @@ __all__ = [
     "DaemonProcess",
     "EngineProcess",
     "HeartbeatingPool",
+    "PoolProcess",
     "free_port",
     "wait_until",
 ]
@@ -191,6 +192,89 @@ class EngineProcess:
             self.proc.wait(timeout=5)
 
     def __enter__(self) -> EngineProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class PoolProcess:
+    """A pool agent as a child process: ``llorch-pool --config FILE`` (:meth:`agent`) or a
+    simulated pool, ``llorch-sim pool …`` (:meth:`sim`). Its URL is the first stdout line; its
+    log goes to ``log_path``. :meth:`stop` sends SIGTERM (the agent stops its engines and
+    unregisters), then SIGKILL to its process group after ``stop_timeout_s``."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path, *, stop_timeout_s: float = 15.0):
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.stop_timeout_s = stop_timeout_s
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    @classmethod
+    def agent(cls, config_path: Path, log_path: Path | None = None) -> PoolProcess:
+        """``llorch-pool --config config_path`` (the real agent)."""
+        log_path = log_path or config_path.with_suffix(".log")
+        return cls([_script("llorch-pool"), "--config", str(config_path)], log_path)
+
+    @classmethod
+    def sim(cls, orchestrator_url: str, pool_id: str, log_path: Path, *args: str) -> PoolProcess:
+        """``llorch-sim pool --orchestrator URL --pool-id ID ARGS…`` (a simulated pool)."""
+        argv = [_script("llorch-sim"), "pool", "--orchestrator", orchestrator_url]
+        return cls([*argv, "--pool-id", pool_id, "--port", "0", *args], log_path)
+
+    def start(self, timeout_s: float = 30.0) -> PoolProcess:
+        """Start and read the URL it prints."""
+        logf = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=logf,
+            text=True,
+            start_new_session=True,
+        )
+        logf.close()
+        line: list[str] = []
+        out = self.proc.stdout
+        assert out is not None
+        reader = threading.Thread(target=lambda: line.append(out.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        if not line or not line[0].startswith("http"):
+            self.stop()
+            raise RuntimeError(f"{self.argv[0]} did not print its URL: {self.log_tail()}")
+        self.url = line[0].strip()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        """Is the process running?"""
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM; SIGKILL to the whole process group after ``stop_timeout_s``."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def log_tail(self, n: int = 4000) -> str:
+        """The end of the pool's log."""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-n:]
+        return ""
+
+    def __enter__(self) -> PoolProcess:
         return self.start() if self.proc is None else self
 
     def __exit__(
