@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from orchestrator_core import (
     ErrorCode,
+    FairShareOrder,
     InMemoryJobQueue,
     Job,
     JobNotFound,
@@ -22,7 +23,6 @@ from orchestrator_core import (
     JobStatus,
     Priority,
     QueueFull,
-    WeightedFairness,
 )
 
 PROMOTE_AFTER = 50.0
@@ -178,7 +178,7 @@ TestQueueAgainstReference = QueueMachine.TestCase
 def test_two_equal_tenants_with_backlog_never_drift_apart(arrivals: list[str]) -> None:
     """Whatever order their jobs arrive in, while both tenants have jobs queued, dispatches
     alternate: over any prefix the counts differ by at most one."""
-    q = InMemoryJobQueue(capacity=-1, fairness=WeightedFairness(), clock=Clock())
+    q = InMemoryJobQueue(capacity=-1, order=FairShareOrder(), clock=Clock())
     for n, tenant in enumerate(arrivals):
         q.enqueue(
             Job(

@@ -6,7 +6,10 @@ import itertools
 
 import pytest
 from orchestrator_core import (
+    ClusterState,
     ErrorCode,
+    FairShareOrder,
+    FifoOrder,
     FullQueuePolicy,
     InMemoryJobQueue,
     Job,
@@ -16,7 +19,6 @@ from orchestrator_core import (
     JobStatus,
     Priority,
     QueueFull,
-    WeightedFairness,
 )
 
 
@@ -196,7 +198,7 @@ def test_head_returns_the_first_jobs_in_order() -> None:
 
 
 def test_weighted_fairness_alternates_two_backlogged_tenants_of_equal_weight() -> None:
-    q = InMemoryJobQueue(capacity=-1, fairness=WeightedFairness(), clock=FakeClock())
+    q = InMemoryJobQueue(capacity=-1, order=FairShareOrder(), clock=FakeClock())
     for n in range(4):
         q.enqueue(job(f"a{n}", tenant="a"))
     for n in range(4):
@@ -206,7 +208,9 @@ def test_weighted_fairness_alternates_two_backlogged_tenants_of_equal_weight() -
 
 
 def test_weighted_fairness_gives_a_double_weight_tenant_two_of_every_three() -> None:
-    q = InMemoryJobQueue(capacity=-1, fairness=WeightedFairness({"gold": 2.0}), clock=FakeClock())
+    q = InMemoryJobQueue(
+        capacity=-1, order=FairShareOrder(weights={"gold": 2.0}), clock=FakeClock()
+    )
     for n in range(30):
         q.enqueue(job(f"s{n}", tenant="silver"))
         q.enqueue(job(f"g{n}", tenant="gold"))
@@ -215,7 +219,7 @@ def test_weighted_fairness_gives_a_double_weight_tenant_two_of_every_three() -> 
 
 
 def test_weighted_fairness_gives_an_idle_tenant_no_credit_for_idle_time() -> None:
-    q = InMemoryJobQueue(capacity=-1, fairness=WeightedFairness(), clock=FakeClock())
+    q = InMemoryJobQueue(capacity=-1, order=FairShareOrder(), clock=FakeClock())
     for n in range(10):
         q.enqueue(job(f"a{n}", tenant="a"))
     for _ in range(6):
@@ -231,4 +235,31 @@ def test_weighted_fairness_gives_an_idle_tenant_no_credit_for_idle_time() -> Non
 
 def test_weighted_fairness_refuses_non_positive_weights() -> None:
     with pytest.raises(ValueError, match="> 0"):
-        WeightedFairness({"x": 0.0})
+        FairShareOrder(weights={"x": 0.0})
+
+
+def test_fifo_order_ignores_priority_but_drop_oldest_batch_still_drops_batch() -> None:
+    q = InMemoryJobQueue(
+        capacity=3, full_policy="drop-oldest-batch", order=FifoOrder(), clock=FakeClock()
+    )
+    for name, prio in [("b1", B), ("i1", I), ("b2", B)]:
+        q.enqueue(job(name, prio))
+    assert ids(q) == ["b1", "i1", "b2"]
+    result = q.enqueue(job("i2", I))
+    assert result.dropped is not None and result.dropped.job_id == "b1"
+    assert ids(q) == ["i1", "b2", "i2"]
+
+
+def test_the_queue_orders_jobs_exactly_like_the_scheduler_state() -> None:
+    """One definition of order: the queue's positions equal ClusterState's for the same jobs."""
+    clock = FakeClock(1000.0)
+    order = FairShareOrder(weights={"a": 2.0}, promote_after_s=60)
+    q = InMemoryJobQueue(capacity=-1, order=order, clock=clock)
+    state = ClusterState(order=order.fresh())
+    for n in range(12):
+        j = job(f"j{n}", B if n % 3 else I, at=clock.t, tenant="a" if n % 2 else "b")
+        q.enqueue(j)
+        state.add_job(job(j.job_id, j.priority, at=j.queued_at, tenant=j.tenant_id))
+        clock.t += 7
+    state.snapshot(clock.t)  # applies due promotions in the state
+    assert [q.position(f"j{n}") for n in range(12)] == [state.position(f"j{n}") for n in range(12)]

@@ -4,9 +4,11 @@
 cancel, len and position). :class:`InMemoryJobQueue` implements it with every operation in
 O(log n) of the queue length:
 
-* one sorted list of ``(class, tag, seq)`` keys, packed into one int, orders the queue —
-  class 0 is interactive (and promoted batch), class 1 is batch; ``tag`` comes from the
-  fairness hook (the arrival sequence number for plain FIFO); a key's index is the job's position;
+* one sorted list of ``(class, tag, seq)`` keys, packed into one int, orders the queue; the
+  class and tag come from a :class:`~orchestrator_core.scheduling.QueueOrder` — the same
+  plugins the schedulers use, so there is one definition of priority, promotion and fair
+  share (class 0 is interactive and promoted batch, class 1 batch; the tag is the queueing
+  time, or a fair-share virtual time); a key's index is the job's position;
 * a dict ``job_id -> entry`` finds any job in O(1), so removing a job from the middle of a
   million-job queue does not scan it;
 * an ordered dict of not-yet-promoted batch jobs, oldest first, finds the oldest batch job
@@ -32,16 +34,15 @@ from sortedcontainers import SortedList
 
 from orchestrator_core.errors import ErrorCode, JobNotFound, QueueFull
 from orchestrator_core.jobs import Job, JobStatus, Priority
+from orchestrator_core.scheduling.ordering import PriorityOrder, QueueOrder
+from orchestrator_core.scheduling.views import QueuedJob
 
 __all__ = [
     "UNBOUNDED",
     "EnqueueResult",
-    "FairnessHook",
-    "FifoFairness",
     "FullQueuePolicy",
     "InMemoryJobQueue",
     "JobQueue",
-    "WeightedFairness",
 ]
 
 UNBOUNDED = -1
@@ -104,89 +105,6 @@ class JobQueue(Protocol):
         ...
 
 
-class FairnessHook(Protocol):
-    """Orders jobs *within* a priority class (the fairness hook).
-
-    ``tag`` is called once per job when it enters a class (on enqueue, and again on
-    promotion); jobs run in increasing tag order, ties by arrival. ``forget`` is called when
-    a job leaves the queue, with ``served=True`` when it left to run (dequeue, remove) and
-    ``False`` when it was cancelled or dropped.
-    """
-
-    def tag(self, job: Job, cls: int, seq: int) -> float:
-        """Sort tag of ``job`` entering class ``cls`` with arrival sequence number ``seq``."""
-        ...
-
-    def forget(self, job: Job, *, served: bool) -> None:
-        """``job`` left the queue."""
-        ...
-
-
-class FifoFairness:
-    """No fairness: plain arrival order within a class."""
-
-    def tag(self, job: Job, cls: int, seq: int) -> float:
-        """The arrival sequence number."""
-        return float(seq)
-
-    def forget(self, job: Job, *, served: bool) -> None:
-        """Nothing to forget."""
-
-
-class WeightedFairness:
-    """Start-time fair queuing between tenants (or sessions) within a class.
-
-    Each key (tenant id, or session id with ``by="session"``; jobs without one share the key
-    ``""``) has a virtual finish time; a new job of that key gets the start tag
-    ``max(class virtual time, key's last finish)`` and finish ``start + 1/weight``. The class
-    virtual time advances to the start tag of each job that leaves to be served, so a key
-    that was idle gets no credit for the time it did not use. With equal weights, backlogged
-    tenants alternate; with weights 2:1 they get 2:1 of the dispatches.
-    """
-
-    def __init__(
-        self,
-        weights: dict[str, float] | None = None,
-        *,
-        by: str = "tenant",
-        default_weight: float = 1.0,
-    ) -> None:
-        if by not in {"tenant", "session"}:
-            raise ValueError("by must be 'tenant' or 'session'")
-        if default_weight <= 0 or any(w <= 0 for w in (weights or {}).values()):
-            raise ValueError("fairness weights must be > 0")
-        self._weights = dict(weights or {})
-        self._default = default_weight
-        self._by = by
-        self._finish: dict[tuple[int, str], float] = {}
-        self._vtime: dict[int, float] = {0: 0.0, 1: 0.0}
-        self._start: dict[str, tuple[int, float]] = {}
-
-    def key_of(self, job: Job) -> str:
-        """The fairness key of ``job`` (its tenant or session id, ``""`` when absent)."""
-        value = job.tenant_id if self._by == "tenant" else job.session_id
-        return value or ""
-
-    def weight(self, key: str) -> float:
-        """Configured weight of ``key``."""
-        return self._weights.get(key, self._default)
-
-    def tag(self, job: Job, cls: int, seq: int) -> float:
-        """Virtual start time of ``job`` within class ``cls``."""
-        key = (cls, self.key_of(job))
-        start = max(self._vtime[cls], self._finish.get(key, 0.0))
-        self._finish[key] = start + 1.0 / self.weight(key[1])
-        self._start[job.job_id] = (cls, start)
-        return start
-
-    def forget(self, job: Job, *, served: bool) -> None:
-        """Advance the class virtual time past a served job."""
-        entry = self._start.pop(job.job_id, None)
-        if entry is not None and served:
-            cls, start = entry
-            self._vtime[cls] = max(self._vtime[cls], start)
-
-
 _SEQ_BITS = 48
 _TAG_SCALE = 1 << 16  # fairness tags keep 16 fractional bits; ties fall back to arrival order
 
@@ -194,22 +112,17 @@ _TAG_SCALE = 1 << 16  # fairness tags keep 16 fractional bits; ties fall back to
 def _order_key(cls: int, tag: float, seq: int) -> int:
     """Pack (class, tag, seq) into one int that sorts the same way: one small object per job
     instead of a tuple of four keeps the sorted list compact and comparisons cheap."""
-    return (cls << 160) | (int(tag * _TAG_SCALE) << _SEQ_BITS) | seq
-
-
-@dataclass(slots=True)
-class _Entry:
-    job: Job
-    key: int
-    seq: int
+    return (cls << 160) | (max(0, int(tag * _TAG_SCALE)) << _SEQ_BITS) | seq
 
 
 class InMemoryJobQueue:
     """In-memory :class:`JobQueue`; every operation O(log n). See the module docstring.
 
-    ``capacity`` is the maximum number of queued jobs (``-1`` = unbounded). ``promote_after_s``
-    is the age at which a batch job is promoted (``None`` = never). ``clock`` returns Unix
-    seconds and is only used for promotion.
+    ``capacity`` is the maximum number of queued jobs (``-1`` = unbounded). ``order`` decides
+    which job goes first — the same :class:`~orchestrator_core.scheduling.QueueOrder` plugins
+    the schedulers use (``PriorityOrder`` by default, ``FairShareOrder`` for weighted fairness
+    between tenants or sessions, ``FifoOrder``); ``promote_after_s`` is only used to build the
+    default ``PriorityOrder``. ``clock`` returns Unix seconds and is only used for promotion.
     """
 
     def __init__(
@@ -217,8 +130,8 @@ class InMemoryJobQueue:
         capacity: int = 100,
         *,
         full_policy: FullQueuePolicy | str = FullQueuePolicy.REJECT,
+        order: QueueOrder | None = None,
         promote_after_s: float | None = 300.0,
-        fairness: FairnessHook | None = None,
         clock: Clock = time.time,
         retry_after_s: int = 1,
     ) -> None:
@@ -226,45 +139,61 @@ class InMemoryJobQueue:
             raise ValueError(f"capacity: must be -1 or >= 1, got {capacity}")
         self.capacity = capacity
         self.full_policy = FullQueuePolicy(full_policy)
-        self.promote_after_s = promote_after_s
         self.retry_after_s = retry_after_s
-        self._fair: FairnessHook = fairness or FifoFairness()
+        self.order: QueueOrder = order if order is not None else PriorityOrder(promote_after_s)
         self._clock = clock
         self._order: SortedList = SortedList()
         self._by_key: dict[int, str] = {}
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, QueuedJob] = {}
         self._waiting_batch: OrderedDict[str, None] = OrderedDict()
+        """Batch jobs not promoted, oldest first: drop-oldest-batch victims, promotion order."""
         self._seq = itertools.count()
         self._depth = {Priority.INTERACTIVE: 0, Priority.BATCH: 0}
 
+    @property
+    def promote_after_s(self) -> float | None:
+        """Age at which a batch job is promoted (from the order; ``None`` = never)."""
+        return self.order.promote_after_s
+
     # -- internals -----------------------------------------------------------------------
 
+    def _place(self, qj: QueuedJob, cls: int) -> None:
+        qj.tag = self.order.tag(qj, cls)  # qj.cls is still the old class during a promotion
+        qj.cls = cls
+        key = _order_key(cls, qj.tag, qj.seq)
+        self._order.add(key)
+        self._by_key[key] = qj.job_id
+
+    def _unplace(self, qj: QueuedJob) -> None:
+        key = _order_key(qj.cls, qj.tag, qj.seq)
+        self._order.remove(key)
+        del self._by_key[key]
+
     def _promote_due(self) -> None:
-        if self.promote_after_s is None or not self._waiting_batch:
+        age = self.order.promote_after_s
+        if age is None or not self._waiting_batch:
             return
-        cutoff = self._clock() - self.promote_after_s
+        cutoff = self._clock() - age
         while self._waiting_batch:
             job_id = next(iter(self._waiting_batch))
-            entry = self._entries[job_id]
-            if entry.job.queued_at > cutoff:
+            qj = self._entries[job_id]
+            if qj.queued_at > cutoff:
                 break
             del self._waiting_batch[job_id]
-            self._order.remove(entry.key)
-            del self._by_key[entry.key]
-            entry.key = _order_key(0, self._fair.tag(entry.job, 0, entry.seq), entry.seq)
-            self._order.add(entry.key)
-            self._by_key[entry.key] = job_id
+            if qj.cls != 0:
+                self._unplace(qj)
+                self._place(qj, 0)
+                qj.promoted = True
 
     def _take(self, job_id: str, *, served: bool) -> Job:
-        entry = self._entries.pop(job_id, None)
-        if entry is None:
+        qj = self._entries.pop(job_id, None)
+        if qj is None:
             raise JobNotFound(job_id)
-        self._order.remove(entry.key)
-        del self._by_key[entry.key]
+        self._unplace(qj)
         self._waiting_batch.pop(job_id, None)
-        self._depth[entry.job.priority] -= 1
-        self._fair.forget(entry.job, served=served)
-        return entry.job
+        self._depth[qj.priority] -= 1
+        self.order.on_leave(qj, served=served)
+        return qj.job
 
     def _head_id(self) -> str | None:
         return self._by_key[self._order[0]] if self._order else None
@@ -290,18 +219,17 @@ class InMemoryJobQueue:
                 )
             else:
                 raise QueueFull(self.capacity, self.retry_after_s)
-        seq = next(self._seq)
-        cls = job.priority.rank
-        key = _order_key(cls, self._fair.tag(job, cls, seq), seq)
-        self._entries[job.job_id] = _Entry(job, key, seq)
-        self._by_key[key] = job.job_id
+        qj = QueuedJob(job, job.model_ref, next(self._seq))
+        cls = self.order.class_of(job.priority)
+        qj.cls = cls
+        self._place(qj, cls)
+        self._entries[job.job_id] = qj
         self._depth[job.priority] += 1
-        if cls == 1:
+        if job.priority is Priority.BATCH:
             self._waiting_batch[job.job_id] = None
-        self._order.add(key)
         # Promote a job that was already old when it arrived (e.g. restored after a restart).
         self._promote_due()
-        return EnqueueResult(self._order.index(self._entries[job.job_id].key), dropped)
+        return EnqueueResult(self.position(job.job_id), dropped)
 
     def dequeue(self) -> Job | None:
         """Remove and return the next job, or ``None``."""
@@ -327,16 +255,16 @@ class InMemoryJobQueue:
 
     def get(self, job_id: str) -> Job | None:
         """The queued job with this id, or ``None``."""
-        entry = self._entries.get(job_id)
-        return None if entry is None else entry.job
+        qj = self._entries.get(job_id)
+        return None if qj is None else qj.job
 
     def position(self, job_id: str) -> int:
         """Jobs ahead of ``job_id`` (0 = next)."""
         self._promote_due()
-        entry = self._entries.get(job_id)
-        if entry is None:
+        qj = self._entries.get(job_id)
+        if qj is None:
             raise JobNotFound(job_id)
-        return int(self._order.index(entry.key))
+        return int(self._order.index(_order_key(qj.cls, qj.tag, qj.seq)))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -66,12 +66,12 @@ from orchestrator_core import (
     RequestInvalid,
     TaskSubmitRequest,
     TaskSubmitResponse,
-    WeightedFairness,
     WorkerInfo,
     WorkerStatus,
 )
 from orchestrator_core.errors import FieldError
-from orchestrator_core.queues import UNBOUNDED, FairnessHook
+from orchestrator_core.queues import UNBOUNDED
+from orchestrator_core.scheduling import build_queue_order
 
 from orchestratord.auth import Principal
 from orchestratord.logs import log
@@ -241,18 +241,10 @@ class Orchestrator:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.rng = rng or random.Random()
-        fairness: FairnessHook | None = None
-        if config.queue.fairness != "none":
-            weights = dict(config.queue.fairness_weights)
-            if config.queue.fairness == "tenant":
-                for tenant in config.tenants:
-                    weights.setdefault(tenant.tenant_id, tenant.weight)
-            fairness = WeightedFairness(weights, by=config.queue.fairness)
         self.queue = InMemoryJobQueue(
             config.queue.capacity,
             full_policy=config.queue.full_policy,
-            promote_after_s=config.queue.promote_after_s,
-            fairness=fairness,
+            order=build_queue_order(config),  # the scheduler's order: positions match dispatch
             clock=clock,
             retry_after_s=config.queue.retry_after_s,
         )
