@@ -9,7 +9,7 @@ A pool refusing a start answers with the error envelope (``INSUFFICIENT_VRAM``,
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 from orchestrator_core import ErrorCode
@@ -18,12 +18,17 @@ __all__ = ["HttpPoolAgentClient", "PoolAgentClient", "PoolRequestFailed"]
 
 
 class PoolRequestFailed(Exception):
-    """A pool agent refused or could not be reached; ``code`` is a stable error code."""
+    """A pool agent refused or could not be reached; ``code`` is a stable error code and
+    ``details`` the envelope's details (e.g. ``vram_needed_bytes`` of an
+    ``INSUFFICIENT_VRAM`` refusal)."""
 
-    def __init__(self, code: ErrorCode | str, message: str) -> None:
+    def __init__(
+        self, code: ErrorCode | str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = str(code)
         self.message = message
+        self.details: dict[str, Any] = dict(details or {})
 
 
 @runtime_checkable
@@ -64,12 +69,15 @@ class HttpPoolAgentClient:
         if resp.status_code // 100 == 2:
             return resp
         code, message = str(ErrorCode.POOL_UNAVAILABLE), f"pool answered {resp.status_code}"
+        details: dict[str, Any] = {}
         try:
             err = resp.json().get("error", {})
             code, message = str(err.get("code") or code), str(err.get("message") or message)
+            if isinstance(err.get("details"), dict):
+                details = err["details"]
         except (ValueError, AttributeError):
             pass
-        raise PoolRequestFailed(code, message)
+        raise PoolRequestFailed(code, message, details)
 
     async def start_worker(
         self, endpoint: str, *, pool_id: str, model_ref: str, gpu_id: str, correlation_id: str

@@ -147,6 +147,9 @@ class ClusterListener:
         """A worker could not be reached or died mid-job: take no more jobs there until a
         heartbeat reports it again."""
 
+    def model_vram_learned(self, model_ref: str, vram_bytes: int) -> None:
+        """A pool told how much VRAM a worker of ``model_ref`` needs (in a refusal)."""
+
     def changed(self) -> None:
         """Something scheduling-relevant changed: run a pass soon."""
 
@@ -1231,6 +1234,11 @@ class Orchestrator:
                 pool_id=pool_id,
                 code=exc.code,
             )
+            # A model the catalog gives no VRAM for looks as if it fitted anywhere: the
+            # pool's figure lets the policy plan an eviction or see that it can never fit.
+            needed = exc.details.get("vram_needed_bytes")
+            if isinstance(needed, int) and needed > 0:
+                self.listener.model_vram_learned(model_ref, needed)
             return None
         self.metrics.worker_starts.labels("ok").inc()
         return worker_id

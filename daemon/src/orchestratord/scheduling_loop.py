@@ -244,6 +244,10 @@ class SchedulingLoop(ClusterListener):
             )
         )
 
+    def model_vram_learned(self, model_ref: str, vram_bytes: int) -> None:
+        """See :class:`ClusterListener`."""
+        self._mutate(lambda: self.state.learn_model_vram(model_ref, vram_bytes))
+
     def changed(self) -> None:
         """See :class:`ClusterListener`."""
         self.kick()
@@ -407,10 +411,16 @@ class SchedulingLoop(ClusterListener):
 
     async def _start(self, act: StartWorker, placeholder: str) -> None:
         worker_id = await self.orch.start_worker(act.pool_id, act.gpu_id, act.model_ref)
-        if worker_id is None:
-            self._mutate(lambda: self.state.start_failed(placeholder))
-        else:
-            self._mutate(lambda: self.state.start_confirmed(placeholder, worker_id))
+
+        def settle() -> None:
+            if self.state.worker_view(placeholder) is None:
+                return  # the pool went away meanwhile, and its placeholder with it
+            if worker_id is None:
+                self.state.start_failed(placeholder)
+            else:
+                self.state.start_confirmed(placeholder, worker_id)
+
+        self._mutate(settle)
         self.kick()
 
     async def _evict(self, pool_id: str, worker_id: str, reason: str) -> None:

@@ -50,10 +50,22 @@ class ModelIncompatible(OrchestratorError):
 
     code = ErrorCode.MODEL_INCOMPATIBLE
 
-    def __init__(self, model_ref: str, reason: str, *, gpu_id: str | None = None) -> None:
+    def __init__(
+        self,
+        model_ref: str,
+        reason: str,
+        *,
+        gpu_id: str | None = None,
+        vram_needed_bytes: int | None = None,
+        vram_total_bytes: int | None = None,
+    ) -> None:
         details: dict[str, object] = {"model_ref": model_ref, "reason": reason}
         if gpu_id is not None:
             details["gpu_id"] = gpu_id
+        if vram_needed_bytes is not None:
+            details["vram_needed_bytes"] = vram_needed_bytes
+        if vram_total_bytes is not None:
+            details["vram_total_bytes"] = vram_total_bytes
         super().__init__(f"model {model_ref!r}: {reason}", details=details)
 
 

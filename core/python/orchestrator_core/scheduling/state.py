@@ -578,6 +578,18 @@ class ClusterState:
             return info.vram_bytes
         return self._learned_vram.get(self._catalog.resolve(model_ref), 0)
 
+    def learn_model_vram(self, model_ref: str, vram_bytes: int) -> bool:
+        """Record the VRAM a worker of ``model_ref`` needs, learned outside a heartbeat (e.g.
+        from a pool refusing a start with ``INSUFFICIENT_VRAM`` and the figure). Kept only if
+        larger than what was learned before; the catalog's figure, when it has one, still
+        wins. Returns whether anything changed. O(1)."""
+        ref = self._catalog.resolve(model_ref)
+        if vram_bytes <= self._learned_vram.get(ref, 0):
+            return False
+        self._learned_vram[ref] = vram_bytes
+        self._version += 1
+        return True
+
     def model_known(self, model_ref: str) -> bool:
         """Whether the catalog, a pool or a worker knows this model."""
         ref = self._catalog.resolve(model_ref)

@@ -76,6 +76,8 @@ class VramLedger:
                 model_ref,
                 f"needs {vram_bytes} bytes of VRAM, more than gpu {gpu_id} has ({total})",
                 gpu_id=gpu_id,
+                vram_needed_bytes=vram_bytes,
+                vram_total_bytes=total,
             )
         free = self.free(gpu_id)
         if vram_bytes > free:
