@@ -39,8 +39,25 @@ def workers(fleet: Fleet) -> list[tuple[str, str]]:
     return sorted((w["model_ref"], w["protocol"]) for w in inv["workers"])
 
 
-def test_workers_are_started_evicted_when_idle_and_never_when_busy(tmp_path: Path) -> None:
-    with Fleet(tmp_path) as fleet:
+CATALOG = """
+[[models]]
+model_ref = "m1"
+vram_bytes = 6_000_000_000
+
+[[models]]
+model_ref = "m2"
+vram_bytes = 6_000_000_000
+"""
+
+
+@pytest.mark.parametrize("catalog", [False, True], ids=["vram-learned", "vram-in-catalog"])
+def test_workers_are_started_evicted_when_idle_and_never_when_busy(
+    tmp_path: Path, catalog: bool
+) -> None:
+    """Without the models' VRAM in the daemon's catalog, the first start of m2 is refused
+    (INSUFFICIENT_VRAM with the figure) and teaches the daemon; with it, no start is ever
+    refused — a start waits for the eviction that makes its room."""
+    with Fleet(tmp_path, CATALOG if catalog else "") as fleet:
         fleet.add_pool("gpu-box", *POOL)
         assert workers(fleet) == []
 
@@ -68,12 +85,18 @@ def test_workers_are_started_evicted_when_idle_and_never_when_busy(tmp_path: Pat
             long_job, lambda j: seen.append(fleet.job(waiting)) or j["status"] != "running", "end"
         )
         waiting_final = fleet.wait_terminal(waiting)
+        refused = fleet.metric("worker_starts_total") - fleet.metric(
+            "worker_starts_total", outcome="ok"
+        )
+        assert fleet.metric("worker_starts_total", outcome="ok") == 4
+        assert fleet.metric("worker_evictions_total") == 3
 
     assert (long_final["status"], long_final["tokens_generated"]) == ("completed", 80)
     assert long_final["attempts"] == 1
     assert all(s["status"] == "queued" for s in seen[:-1])  # m2 waited the whole time
     assert waiting_final["status"] == "completed"
     assert waiting_final["started_at"] >= long_final["finished_at"]
+    assert refused == (0 if catalog else 1)
 
 
 @pytest.mark.parametrize("catalog", [False, True], ids=["vram-learned", "vram-in-catalog"])

@@ -129,6 +129,8 @@ class SchedulingLoop(ClusterListener):
         self._in_flight = False
         self._deferred: list[Callable[[], object]] = []
         self._starts: set[asyncio.Task[None]] = set()
+        self._evicting: dict[str, set[asyncio.Task[None]]] = {}
+        """pool_id -> evictions in flight there (a start on that pool waits for them)."""
         cfg = orch.config
         self.timeout_s = max(0.25, cfg.scheduler.budget_ms * 4 / 1000)
         self._view = SchedulerView(
@@ -405,11 +407,19 @@ class SchedulingLoop(ClusterListener):
             )
             self._starts.add(task)
             task.add_done_callback(self._starts.discard)
+            evicting = self._evicting.setdefault(pool_id, set())
+            evicting.add(task)
+            task.add_done_callback(evicting.discard)
             return True
         self._wait(act)
         return False
 
     async def _start(self, act: StartWorker, placeholder: str) -> None:
+        # The policy counted the VRAM of workers it evicts as free: the pool frees it only
+        # once their engines have stopped, so a start sent earlier would be refused.
+        evicting = list(self._evicting.get(act.pool_id, ()))
+        if evicting:
+            await asyncio.wait(evicting)
         worker_id = await self.orch.start_worker(act.pool_id, act.gpu_id, act.model_ref)
 
         def settle() -> None:
