@@ -467,3 +467,98 @@ def test_a_drain_is_explained_in_the_waiting_list() -> None:
     assert note["reason"] == "draining"
     assert note["draining"] == ["w1"]
     assert (note["drain_pool_id"], note["drain_gpu_id"]) == ("p", "g0")
+
+
+# -- workers on several GPUs ---------------------------------------------------------------
+# A worker on several GPUs holds an equal share of its VRAM on each (state, planner and
+# validator count it the same way). A pool may report a worker whose share exceeds a GPU:
+# that GPU is then over-committed, and evicting the worker frees at most the GPU's size.
+
+
+def wide() -> ClusterBuilder:
+    return (
+        cluster()
+        .model("ten", vram_gb=10)
+        .model("four", vram_gb=4)
+        .model("tiny", vram_gb=4)
+        .model("wide", vram_gb=20)
+    )
+
+
+MULTI_GPU_CASES = [
+    Case(
+        "no start on a GPU smaller than the model, even after evicting a worker whose share"
+        " there is larger than the GPU: no GPU can ever hold it, so NO_CAPACITY",
+        lambda: (
+            wide()
+            .pool("p")
+            .gpu("g0", vram_gb=8)
+            .gpu("g1", vram_gb=8)
+            .worker("w1", "wide", gpu=["g0", "g1"], vram_gb=20, last_used_at=10.0)
+            .job("j1", "ten")
+        ),
+        [("reject", "j1", "NO_CAPACITY")],
+    ),
+    Case(
+        "when one GPU of the wide worker can hold the model, the worker is evicted and the"
+        " model starts on that GPU",
+        lambda: (
+            wide()
+            .pool("p")
+            .gpu("g0", vram_gb=8)
+            .gpu("g1", vram_gb=16)
+            .worker("w1", "wide", gpu=["g0", "g1"], vram_gb=20, last_used_at=10.0)
+            .job("j1", "ten")
+        ),
+        [("evict", "w1"), ("start", "p", "g1", "ten")],
+    ),
+    Case(
+        "the GPU that fits may be on another pool: the wide worker stays, the model starts"
+        " there after its own eviction",
+        lambda: (
+            wide()
+            .pool("p")
+            .gpu("g0", vram_gb=8)
+            .gpu("g1", vram_gb=8)
+            .worker("w1", "wide", gpu=["g0", "g1"], vram_gb=20, last_used_at=10.0)
+            .pool("q")
+            .gpu("g0", vram_gb=16)
+            .worker("w2", "four", vram_gb=4, last_used_at=500.0)
+            .worker("w3", "four", vram_gb=4, last_used_at=600.0)
+            .job("j1", "ten")
+        ),
+        [("evict", "w2"), ("start", "q", "g0", "ten")],
+    ),
+    Case(
+        "an over-committed GPU's excess counts against what an eviction frees there: evicting"
+        " the small worker alone does not make room, evicting the wide one does (elsewhere)",
+        lambda: (
+            wide()
+            .pool("p")
+            .gpu("g0", vram_gb=8)  # 6 GB share of w-wide + 4 GB of w-small: 2 GB over
+            .gpu("g1", vram_gb=6)  # 6 GB share of w-wide: full
+            .worker("w-wide", "wide", gpu=["g0", "g1"], vram_gb=12, last_used_at=500.0)
+            .worker("w-small", "tiny", gpu="g0", vram_gb=4, last_used_at=10.0)
+            .job("j1", "four")
+        ),
+        [("evict", "w-wide"), ("start", "p", "g1", "four")],
+    ),
+    Case(
+        "a wide worker that fits its GPUs frees its share on each: evicted, the model"
+        " starts on one of them",
+        lambda: (
+            wide()
+            .pool("p")
+            .gpu("g0", vram_gb=12)
+            .gpu("g1", vram_gb=12)
+            .worker("w1", "wide", gpu=["g0", "g1"], vram_gb=20, last_used_at=10.0)
+            .job("j1", "ten")
+        ),
+        [("evict", "w1"), ("start", "p", "g0", "ten")],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", MULTI_GPU_CASES, ids=[c.name for c in MULTI_GPU_CASES])
+def test_model_placement_with_workers_on_several_gpus(case: Case) -> None:
+    assert brief(decide(case.build(), case.now, **case.scheduler)) == case.expected

@@ -29,7 +29,7 @@ def world() -> ClusterState:
         .model("n", vram_gb=8)
         .model("big", vram_gb=30)
         .pool("p")
-        .gpu("g0", vram_gb=24)
+        .gpu("g0", vram_gb=32)  # full: four 8 GB workers
         .worker("ready", "m")
         .worker("busy", "m", status="busy")
         .worker("starting", "m", status="starting")
@@ -230,3 +230,74 @@ def test_a_refusal_in_a_batch_names_the_action_index() -> None:
     refusals = validate_decision(Batch((Wait(), Dispatch("j1", "busy"))), state.snapshot(10.0))
     assert refusals[0].action_index == 1
     assert refusals[0].message.startswith("actions[1]: worker busy is busy")
+
+
+# -- VRAM of workers on several GPUs ---------------------------------------------------------
+
+
+def wide_world() -> ClusterState:
+    """p/g0 (8 GB) holds a 6 GB share of w-wide and 4 GB of w-small: 2 GB over-committed;
+    p/g1 (16 GB) holds the other 6 GB share of w-wide; q/g0 (8 GB) the 10 GB share of the
+    20 GB w-huge on q/g0 and q/g1 (16 GB)."""
+    return (
+        cluster()
+        .model("ten", vram_gb=10)
+        .model("four", vram_gb=4)
+        .pool("p")
+        .gpu("g0", vram_gb=8)
+        .gpu("g1", vram_gb=16)
+        .worker("w-wide", "ten", gpu=["g0", "g1"], vram_gb=12)
+        .worker("w-small", "four", gpu="g0", vram_gb=4)
+        .pool("q")
+        .gpu("g0", vram_gb=8)
+        .gpu("g1", vram_gb=16)
+        .worker("w-huge", "ten", gpu=["g0", "g1"], vram_gb=20)
+        .build()
+    )
+
+
+WIDE_CASES = [
+    Case(
+        "evicting a worker whose share exceeds its GPU does not make that GPU larger",
+        Batch((EvictWorker("w-huge"), StartWorker("q", "g0", "ten"))),
+        [RefusalCode.INSUFFICIENT_VRAM],
+        "actions[1].gpu_id",
+    ),
+    Case(
+        "evicting it makes room on its other GPU, which is large enough",
+        Batch((EvictWorker("w-huge"), StartWorker("q", "g1", "ten"))),
+        [],
+    ),
+    Case(
+        "on an over-committed GPU the excess is paid first: evicting 4 GB frees only 2 GB",
+        Batch((EvictWorker("w-small"), StartWorker("p", "g0", "four"))),
+        [RefusalCode.INSUFFICIENT_VRAM],
+    ),
+    Case(
+        "evicting both workers of the over-committed GPU makes room",
+        Batch((EvictWorker("w-small"), EvictWorker("w-wide"), StartWorker("p", "g0", "four"))),
+        [],
+    ),
+    Case(
+        "a start reserves its VRAM for the rest of the batch",
+        Batch(
+            (
+                EvictWorker("w-small"),
+                EvictWorker("w-wide"),
+                StartWorker("p", "g0", "four"),
+                StartWorker("p", "g0", "four"),
+                StartWorker("p", "g0", "four"),
+            )
+        ),
+        [RefusalCode.INSUFFICIENT_VRAM],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", WIDE_CASES, ids=[c.name for c in WIDE_CASES])
+def test_validate_decision_counts_a_share_of_a_wide_worker_on_each_gpu(case: Case) -> None:
+    state = wide_world()
+    refusals = validate_decision(case.decision, state.snapshot(10.0))
+    assert [r.code for r in refusals] == case.refusals
+    if case.field is not None:
+        assert refusals[0].field == case.field

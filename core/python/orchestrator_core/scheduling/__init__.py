@@ -87,6 +87,8 @@ from orchestrator_core.scheduling.views import (
     QueuedJob,
     TenantView,
     WorkerView,
+    placeable_vram,
+    vram_share,
 )
 
 __all__ = [
@@ -148,5 +150,7 @@ __all__ = [
     "decision_to_dict",
     "default_registry",
     "iter_actions",
+    "placeable_vram",
     "validate_decision",
+    "vram_share",
 ]

@@ -682,10 +682,11 @@ class BuiltinScheduler:
                 i = sl.bisect_left((need,))
                 fits = 0
                 while i < len(sl) and fits <= self.runners_up:
-                    free, pool_id, gpu_id = sl[i]
+                    _free, pool_id, gpu_id = sl[i]
                     i += 1
                     key = (pool_id, gpu_id)
-                    free = free - cycle.reserved[key] + cycle.released[key]
+                    gpu = state._pools[pool_id].gpus[gpu_id]
+                    free = gpu.free_after(cycle.released[key], cycle.reserved[key])
                     if free >= need:
                         found.append((free - need, pool_id, gpu_id, str(status)))
                         fits += 1
@@ -752,13 +753,14 @@ class BuiltinScheduler:
                             continue
                         candidates.append(w)
                     candidates.sort(key=policy.victim_key)
-                    got = gpu.free() + cycle.released[key]
+                    freed = cycle.released[key]
                     victims: list[_Worker] = []
                     for w in candidates:
-                        if got >= need:
+                        if gpu.free_after(freed) >= need:
                             break
                         victims.append(w)
-                        got += state._share(w)
+                        freed += state._share(w)
+                    got = gpu.free_after(freed)
                     if got < need or not victims:
                         continue
                     plans.append((policy.plan_cost(victims), got - need, pool_id, gpu_id, victims))
@@ -850,14 +852,14 @@ class BuiltinScheduler:
                         and not self._protected(state, w.model_ref, rank)
                     ]
                     candidates.sort(key=lambda w: (w.active(), policy.victim_key(w)))
-                    got = gpu.free() + cycle.released[key]
+                    freed = cycle.released[key]
                     victims: list[_Worker] = []
                     for w in candidates:
-                        if got >= need:
+                        if gpu.free_after(freed) >= need:
                             break
                         victims.append(w)
-                        got += state._share(w)
-                    if got < need or not victims:
+                        freed += state._share(w)
+                    if gpu.free_after(freed) < need or not victims:
                         continue
                     busy = sum(w.active() for w in victims)
                     plans.append((busy, len(victims), pool_id, gpu_id, victims))

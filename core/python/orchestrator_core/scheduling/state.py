@@ -61,6 +61,8 @@ from orchestrator_core.scheduling.views import (
     QueuedJob,
     TenantView,
     WorkerView,
+    placeable_vram,
+    vram_share,
 )
 
 if TYPE_CHECKING:
@@ -325,6 +327,14 @@ class _Gpu:
         """VRAM the scheduler may still place here."""
         return max(0, min(self.reported_free + self.released, self.total - self.allocated))
 
+    def free_after(self, freed: int = 0, reserved: int = 0) -> int:
+        """VRAM a start may use here once workers holding ``freed`` bytes of this GPU stop
+        and starts take ``reserved`` bytes of it (:func:`placeable_vram`, the validator's
+        rule)."""
+        return placeable_vram(
+            self.free(), self.total, self.allocated, freed=freed, reserved=reserved
+        )
+
 
 class _GpuGroup:
     """GPUs of pools with one status and one set of loadable models (empty = any model)."""
@@ -336,8 +346,8 @@ class _GpuGroup:
         self.models = models
         self.key = (status, models)
         self.free_idx: Any = SortedList()  # (free, pool_id, gpu_id)
-        self.reclaim_idx: Any = SortedList()  # (free + idle VRAM, pool_id, gpu_id)
-        self.drain_idx: Any = SortedList()  # (free + ready/busy VRAM, pool_id, gpu_id)
+        self.reclaim_idx: Any = SortedList()  # (free after evicting idle, pool_id, gpu_id)
+        self.drain_idx: Any = SortedList()  # (free after stopping ready/busy, pool, gpu)
         self.totals: Any = SortedList()  # vram_total_bytes
 
     def can_load(self, model_ref: str) -> bool:
@@ -1265,7 +1275,7 @@ class ClusterState:
         return worker.vram_bytes if worker.vram_bytes > 0 else self.model_vram(worker.model_ref)
 
     def _share(self, worker: _Worker) -> int:
-        return self._vram(worker) // len(worker.gpu_ids) if worker.gpu_ids else 0
+        return vram_share(self._vram(worker), len(worker.gpu_ids))
 
     def _free_index(self, model_ref: str) -> tuple[_KeyedIndex[Any], _KeyedIndex[Any]]:
         idx = self._free.get(model_ref)
@@ -1377,8 +1387,8 @@ class ClusterState:
             self._groups_cache.clear()
         gpu.c_group = group
         gpu.c_free = gpu.free()
-        gpu.c_reclaim = gpu.c_free + gpu.idle
-        gpu.c_drainable = gpu.c_free + gpu.live
+        gpu.c_reclaim = gpu.free_after(gpu.idle)
+        gpu.c_drainable = gpu.free_after(gpu.live)
         group.free_idx.add((gpu.c_free, gpu.pool_id, gpu.gpu_id))
         group.reclaim_idx.add((gpu.c_reclaim, gpu.pool_id, gpu.gpu_id))
         group.drain_idx.add((gpu.c_drainable, gpu.pool_id, gpu.gpu_id))
@@ -1402,12 +1412,12 @@ class ClusterState:
         if group is None:
             return
         free = gpu.free()
-        reclaim = free + gpu.idle
+        reclaim = gpu.free_after(gpu.idle)
         if reclaim != gpu.c_reclaim:
             group.reclaim_idx.remove((gpu.c_reclaim, gpu.pool_id, gpu.gpu_id))
             group.reclaim_idx.add((reclaim, gpu.pool_id, gpu.gpu_id))
             gpu.c_reclaim = reclaim
-        drainable = free + gpu.live
+        drainable = gpu.free_after(gpu.live)
         if drainable != gpu.c_drainable:
             group.drain_idx.remove((gpu.c_drainable, gpu.pool_id, gpu.gpu_id))
             group.drain_idx.add((drainable, gpu.pool_id, gpu.gpu_id))

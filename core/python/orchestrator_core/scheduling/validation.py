@@ -30,6 +30,7 @@ from orchestrator_core.scheduling.decisions import (
     iter_actions,
 )
 from orchestrator_core.scheduling.snapshot import SchedulingSnapshot
+from orchestrator_core.scheduling.views import vram_share
 
 __all__ = ["Refusal", "RefusalCode", "validate_decision"]
 
@@ -87,7 +88,8 @@ class _Checker:
         self.jobs_used: set[str] = set()
         self.slots_used: Counter[str] = Counter()
         self.evicted: set[str] = set()
-        self.vram_delta: Counter[tuple[str, str]] = Counter()  # + freed, - reserved
+        self.vram_freed: Counter[tuple[str, str]] = Counter()  # by evictions of the batch
+        self.vram_reserved: Counter[tuple[str, str]] = Counter()  # by starts of the batch
         self.tenant_started: Counter[str] = Counter()
         self.out: list[Refusal] = []
         self.index: int | None = None
@@ -209,16 +211,16 @@ class _Checker:
             return
         need = self.state.model_vram(ref)
         key = (act.pool_id, act.gpu_id)
-        free = min(gpu.vram_total_bytes, gpu.vram_free_bytes + self.vram_delta[key])
+        free = gpu.free_after(freed=self.vram_freed[key], reserved=self.vram_reserved[key])
         if need > free:
             self.refuse(
                 RefusalCode.INSUFFICIENT_VRAM,
                 f"model {ref} needs {need} bytes but GPU {act.pool_id}/{act.gpu_id} has"
-                f" {max(0, free)} free",
+                f" {free} free",
                 "gpu_id",
             )
             return
-        self.vram_delta[key] -= need
+        self.vram_reserved[key] += need
 
     def evict(self, act: EvictWorker) -> None:
         worker = self.state.worker_view(act.worker_id)
@@ -253,10 +255,10 @@ class _Checker:
             )
             return
         self.evicted.add(worker.worker_id)
-        if not worker.stopping and worker.gpu_ids:
-            share = worker.vram_bytes // len(worker.gpu_ids)
+        if not worker.stopping:  # a stopping worker's VRAM already counts as free
+            share = vram_share(worker.vram_bytes, len(worker.gpu_ids))
             for gid in worker.gpu_ids:
-                self.vram_delta[(worker.pool_id, gid)] += share
+                self.vram_freed[(worker.pool_id, gid)] += share
 
     def reject(self, act: Reject) -> None:
         if not self._queued_job(act.job_id):
@@ -279,7 +281,10 @@ def validate_decision(decision: Decision, snapshot: SchedulingSnapshot) -> list[
     starting, draining, failed or out of free slots (counting earlier dispatches of the
     batch); a job and worker with different models; a tenant at its running quota; a start
     on a pool that cannot load the model or on a GPU without enough free VRAM (counting
-    earlier starts and evictions of the batch); evicting a busy worker; a reject code a
+    earlier starts and evictions of the batch, per GPU as the built-in scheduler counts them:
+    :func:`~orchestrator_core.scheduling.views.placeable_vram`, each evicted worker freeing
+    its :func:`~orchestrator_core.scheduling.views.vram_share` on each of its GPUs); evicting
+    a busy worker; a reject code a
     scheduler may not use (see :data:`REJECT_CODES`).
     """
     batched = isinstance(decision, Batch)

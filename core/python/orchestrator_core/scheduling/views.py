@@ -3,6 +3,12 @@
 :class:`QueuedJob` is the record the cluster state keeps for each queued job (plugins such as
 queue orders receive it; treat it as read-only). The other views are frozen copies made on
 request by :class:`~orchestrator_core.scheduling.snapshot.SchedulingSnapshot`.
+
+VRAM is counted per GPU by two rules that the cluster state, the built-in scheduler's
+planners and :func:`~orchestrator_core.scheduling.validation.validate_decision` all call
+(the Rhai twin of the built-in policy mirrors them): :func:`vram_share` (a worker on several
+GPUs holds an equal share on each) and :func:`placeable_vram` (what a start may use on a GPU
+once some workers stop and other starts took their part).
 """
 
 from __future__ import annotations
@@ -12,7 +18,40 @@ from dataclasses import dataclass
 from orchestrator_core.jobs import Job, Priority
 from orchestrator_core.pools import PoolStatus, WorkerStatus
 
-__all__ = ["GpuView", "PoolView", "QueuedJob", "TenantView", "WorkerView"]
+__all__ = [
+    "GpuView",
+    "PoolView",
+    "QueuedJob",
+    "TenantView",
+    "WorkerView",
+    "placeable_vram",
+    "vram_share",
+]
+
+
+def vram_share(vram_bytes: int, gpu_count: int) -> int:
+    """The VRAM a worker of ``vram_bytes`` holds on each of its ``gpu_count`` GPUs: an equal
+    share, rounded down (0 for a worker on no GPU)."""
+    return vram_bytes // gpu_count if gpu_count > 0 else 0
+
+
+def placeable_vram(
+    free: int, total: int, allocated: int, *, freed: int = 0, reserved: int = 0
+) -> int:
+    """VRAM a start may use on a GPU once workers holding ``freed`` bytes of it stop and
+    starts taking ``reserved`` bytes of it are placed (both: earlier actions of the same
+    decision).
+
+    ``free``, ``total`` and ``allocated`` are the GPU's as a :class:`GpuView` shows them.
+    ``free`` is never negative, but the shares of the workers on a GPU can exceed its size
+    (a pool reporting a worker on two GPUs whose VRAM is not split evenly, or larger than
+    one GPU): such a GPU is over-committed by ``allocated - total``, which stopping workers
+    pays back before anything fits, so no eviction makes a GPU hold more than its size.
+    Without ``reserved`` this is the free VRAM the cluster state shows once those workers
+    are asked to stop; a reserved start is taken off it.
+    """
+    headroom = free if allocated <= total else total - allocated
+    return max(0, headroom + freed - reserved)
 
 
 class QueuedJob:
@@ -116,6 +155,17 @@ class GpuView:
     vram_allocated_bytes: int
     utilization: float
     worker_ids: tuple[str, ...]
+
+    def free_after(self, *, freed: int = 0, reserved: int = 0) -> int:
+        """VRAM a start may use here once workers holding ``freed`` bytes of this GPU stop
+        and starts take ``reserved`` bytes of it (see :func:`placeable_vram`)."""
+        return placeable_vram(
+            self.vram_free_bytes,
+            self.vram_total_bytes,
+            self.vram_allocated_bytes,
+            freed=freed,
+            reserved=reserved,
+        )
 
 
 @dataclass(frozen=True, slots=True)
