@@ -58,3 +58,29 @@ def test_the_catalogs_figure_wins_over_a_learned_one() -> None:
     state = cluster().model("m1", vram_gb=6).pool("p").gpu("g0").build()
     state.learn_model_vram("m1", 9 * GB)
     assert state.model_vram("m1") == 6 * GB
+
+
+def test_a_worker_that_reported_no_vram_counts_the_learned_figure_on_its_gpus_at_once() -> None:
+    # w1 reports no VRAM of its own: it counts its model's figure, split over its two GPUs.
+    # When the figure is learned later (a refusal, or another pool's heartbeat), its share
+    # on g0 and g1 grows with it, so that no start is placed in VRAM it holds.
+    state = (
+        cluster()
+        .pool("p")
+        .gpu("g0", vram_gb=8)
+        .gpu("g1", vram_gb=8)
+        .worker("w1", "m2", gpu=["g0", "g1"], vram_gb=0)
+        .build()
+    )
+    assert state.gpu_view("p", "g1").vram_allocated_bytes == 0  # type: ignore[union-attr]
+    state.learn_model_vram("m2", 4 * GB)
+    assert state.gpu_view("p", "g1").vram_allocated_bytes == 2 * GB  # type: ignore[union-attr]
+    assert state.self_check() == []
+    other = cluster().pool("q").gpu("g0", vram_gb=24).worker("w2", "m2", vram_gb=12).pool_infos()
+    state.upsert_pool(other[0])
+    assert state.model_vram("m2") == 12 * GB
+    for gid in ("g0", "g1"):
+        gpu = state.gpu_view("p", gid)
+        assert gpu is not None
+        assert (gpu.vram_allocated_bytes, gpu.vram_free_bytes) == (6 * GB, 2 * GB)
+    assert state.self_check() == []

@@ -463,6 +463,7 @@ class ClusterState:
         self._worker_models: Counter[str] = Counter()
         self._pool_models: Counter[str] = Counter()
         self._learned_vram: dict[str, int] = {}
+        self._relearned: set[str] = set()  # models whose VRAM figure rose: recount workers
         self._status_counts: Counter[WorkerStatus] = Counter()
         self._gpu_groups: dict[tuple[PoolStatus, frozenset[str]], _GpuGroup] = {}
         self._groups_cache: dict[tuple[str, PoolStatus], list[_GpuGroup]] = {}
@@ -594,9 +595,9 @@ class ClusterState:
         larger than what was learned before; the catalog's figure, when it has one, still
         wins. Returns whether anything changed. O(1)."""
         ref = self._catalog.resolve(model_ref)
-        if vram_bytes <= self._learned_vram.get(ref, 0):
+        if not self._learn_vram(ref, vram_bytes):
             return False
-        self._learned_vram[ref] = vram_bytes
+        self._recount_relearned()
         self._version += 1
         return True
 
@@ -774,6 +775,7 @@ class ClusterState:
             self._worker_models[worker.model_ref] -= 1
         rec.workers = {w for w in rec.workers if w in self._workers} | reported
         self._attach_pool(rec)
+        self._recount_relearned()
         self._version += 1
 
     def remove_pool(self, pool_id: str) -> None:
@@ -1243,8 +1245,30 @@ class ClusterState:
         ):
             worker.last_used_at = info.last_used_at
         worker.jobs_completed = max(worker.jobs_completed, info.jobs_completed)
-        if info.vram_bytes > self._learned_vram.get(worker.model_ref, 0):
-            self._learned_vram[worker.model_ref] = info.vram_bytes
+        self._learn_vram(worker.model_ref, info.vram_bytes)
+
+    def _learn_vram(self, ref: str, vram_bytes: int) -> bool:
+        """Keep ``vram_bytes`` as the learned VRAM of model ``ref`` if larger than before.
+        When that changes :meth:`model_vram`, the workers that reported no VRAM of their own
+        count the new figure: :meth:`_recount_relearned` re-counts them on their GPUs."""
+        if vram_bytes <= self._learned_vram.get(ref, 0):
+            return False
+        before = self.model_vram(ref)
+        self._learned_vram[ref] = vram_bytes
+        if self.model_vram(ref) != before:
+            self._relearned.add(ref)
+        return True
+
+    def _recount_relearned(self) -> None:
+        """Re-count the GPU shares of workers without a VRAM figure of their own whose
+        model's learned VRAM rose. O(W), only when a learned figure rises (it never falls,
+        so this happens a few times per model at most)."""
+        if not self._relearned:
+            return
+        refs, self._relearned = self._relearned, set()
+        for worker in [w for w in self._workers.values() if w.model_ref in refs]:
+            if worker.vram_bytes <= 0:
+                self._refresh_worker(worker)
 
     def _attach_pool(self, rec: _Pool) -> None:
         for wid in rec.workers:
