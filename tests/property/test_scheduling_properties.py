@@ -2,7 +2,10 @@
 
 Single decisions: never dispatch to a busy/starting worker, to a worker without the model or
 to an offline pool; never evict a busy worker; never over-commit a GPU's VRAM; within a model
-jobs go in queue order; no free worker is left idle next to a job it could run.
+jobs go in queue order; no free worker is left idle next to a job it could run. With
+workers on several GPUs (shares that may exceed a GPU), over a few cycles: the built-in never
+makes a decision its validator refuses, never starts a model on a GPU that cannot hold it,
+and rejects NO_CAPACITY only when no GPU could ever hold the model.
 
 Simulations (decisions applied cycle after cycle, pools reporting back by heartbeat):
 interactive jobs go before batch jobs that arrived later unless promotion applies; two
@@ -194,6 +197,125 @@ def test_a_decision_is_always_valid_and_keeps_every_invariant(data: st.DataObjec
     for q in state.ordered_jobs():
         if scheduler.drain_after_s is None:
             assert state.free_workers(q.model_ref, 1) == [], q
+
+
+# -- workers on several GPUs ---------------------------------------------------------------
+
+WIDE_MODELS = {"a": 4, "b": 8, "c": 10, "d": 16, "e": 20, "huge": 40}  # VRAM in GB
+WIDE_PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def wide_clusters(draw: st.DrawFn) -> ClusterBuilder:
+    """Small GPUs and workers spanning up to three of them, whose VRAM may exceed the GPUs
+    (over-committed GPUs, as a pool reporting an uneven split shows them); pools may report
+    less free VRAM than the workers leave (other processes); models known only from
+    workers; idle, busy, starting and draining workers; one to three cycles."""
+    b = cluster(
+        order=make_order(draw(orders)),  # type: ignore[arg-type]
+        placement=draw(placements)(),
+        enforce_quotas=draw(st.booleans()),
+        quota_action=draw(st.sampled_from(["wait", "reject"])),
+    )
+    for name, size in WIDE_MODELS.items():
+        b.model(name, vram_gb=size)
+    b.tenant("t0", max_running=draw(st.integers(0, 2)))
+    served = [*WIDE_MODELS, "z"]  # z: no catalog entry, known from its workers
+    wid = 0
+    for p in range(draw(st.integers(1, 3))):
+        models = draw(st.lists(st.sampled_from(served), max_size=3, unique=True))
+        b.pool(
+            f"p{p}",
+            status=draw(st.sampled_from(["online", "online", "degraded", "offline"])),
+            models=models if draw(st.booleans()) else [],
+        )
+        gpu_ids = [f"g{g}" for g in range(draw(st.integers(1, 4)))]
+        for gid in gpu_ids:
+            total = draw(st.sampled_from([8, 12, 16, 24]))
+            free = draw(st.none() | st.sampled_from([0, 2, 6, 12]))
+            b.gpu(gid, vram_gb=total, free_gb=free)
+        for _ in range(draw(st.integers(0, 6))):
+            slots = draw(st.integers(1, 2))
+            status = draw(
+                st.sampled_from(["ready", "ready", "ready", "busy", "starting", "draining"])
+            )
+            b.worker(
+                f"w{wid}",
+                draw(st.sampled_from(served)),
+                gpu=draw(st.lists(st.sampled_from(gpu_ids), min_size=1, max_size=3, unique=True)),
+                vram_gb=draw(st.sampled_from([None, 4.0, 10.0, 20.0, 30.0])),
+                status=status,
+                slots=slots,
+                active=draw(st.integers(0, slots - 1)) if status == "ready" else 0,
+                last_used_at=draw(st.none() | st.sampled_from([10.0, 500.0, 990.0])),
+                jobs_completed=draw(st.integers(0, 5)),
+            )
+            wid += 1
+    for j in range(draw(st.integers(0, 15))):
+        b.job(
+            f"j{j}",
+            draw(st.sampled_from([*served, "c", "d", "mystery"])),
+            priority=draw(st.sampled_from(["interactive", "batch"])),
+            tenant=draw(st.sampled_from([None, "t0", "t1"])),
+            queued_at=draw(st.sampled_from([0.0, 500.0, 990.0])),
+        )
+    return b
+
+
+def loadable_gpu_totals(state: ClusterState, model_ref: str) -> list[int]:
+    """Sizes of every GPU, in any pool, that could load ``model_ref``."""
+    totals = []
+    for pool_id in state.pool_ids():
+        pool = state.pool_view(pool_id)
+        assert pool is not None
+        if state.pool_can_load(pool_id, model_ref):
+            for gid in pool.gpu_ids:
+                gpu = state.gpu_view(pool_id, gid)
+                assert gpu is not None
+                totals.append(gpu.vram_total_bytes)
+    return totals
+
+
+@WIDE_PROPS
+@given(data=st.data())
+def test_with_workers_on_several_gpus_the_builtin_never_refuses_its_own_decision(
+    data: st.DataObject,
+) -> None:
+    """Every built-in decision passes validate_decision on its snapshot; a start goes on a
+    GPU that can hold the model once the planned evictions are done (a start that needs VRAM
+    never leaves its GPU over-committed); NO_CAPACITY only when no GPU could ever hold it."""
+    state = data.draw(wide_clusters()).build()
+    scheduler = BuiltinScheduler(
+        eviction=data.draw(evictions)(data.draw(st.sampled_from([0.0, 0.0, 200.0]))),
+        scale_out=data.draw(st.booleans()),
+        drain_after_s=data.draw(st.sampled_from([None, 60.0])),
+    )
+    now = 1000.0
+    for _cycle in range(data.draw(st.integers(1, 3))):
+        snap = state.snapshot(now)
+        decision = scheduler.schedule(snap)
+        note(f"decision: {decision!r}")
+        assert validate_decision(decision, snap) == []
+        starts: set[tuple[str, str]] = set()
+        for act in iter_actions(decision):
+            if isinstance(act, StartWorker):
+                need = state.model_vram(act.model_ref)
+                gpu = state.gpu_view(act.pool_id, act.gpu_id)
+                assert gpu is not None and gpu.vram_total_bytes >= need, (act, gpu)
+                if need > 0:
+                    starts.add((act.pool_id, act.gpu_id))
+            elif isinstance(act, Reject) and act.code is ErrorCode.NO_CAPACITY:
+                job = state.get_job(act.job_id)
+                assert job is not None
+                need = state.model_vram(job.model_ref)
+                assert all(t < need for t in loadable_gpu_totals(state, job.model_ref)), act
+        state.apply(decision, now=now)
+        assert state.self_check() == []
+        for pool_id, gpu_id in starts:
+            gpu = state.gpu_view(pool_id, gpu_id)
+            assert gpu is not None
+            assert gpu.vram_allocated_bytes <= gpu.vram_total_bytes, gpu
+        now += 1.0
 
 
 # -- simulations ---------------------------------------------------------------------------
