@@ -49,9 +49,10 @@ def test_a_silent_pool_goes_offline_and_its_jobs_move_to_the_other(tmp_path: Pat
         finals = [fleet.wait_terminal(job_id) for job_id in silent]
         lost = fleet.wait_terminal(streamed)
 
-    # Offline after interval × threshold of silence: not before the last beat had aged
-    # (it was sent at most one interval before the pause), and not much later.
-    assert INTERVAL_S * (THRESHOLD - 1) - 0.1 <= silence <= INTERVAL_S * THRESHOLD + 1.0
+    # Offline after interval × threshold of silence: not at once (the last beat, sent at
+    # most about one interval before the pause, had to age first), and not much later than
+    # interval × threshold (slack: the daemon's sweep period, polling, a loaded machine).
+    assert INTERVAL_S <= silence <= INTERVAL_S * THRESHOLD + 1.5
     for final in finals:
         assert (final["status"], final["pool_id"], final["attempts"]) == ("completed", "pool-b", 2)
         assert final["tokens_generated"] == 5
