@@ -20,7 +20,7 @@ import pytest
 from llorch_pool.serving import RunningServer, serve_app
 from llorch_pool.sim import EngineFaults, SimEngineConfig, SimulatedEngine
 from llorch_pool.sim.cli import CRASH_EXIT_CODE
-from llorch_pool.sse import SseEvent, aiter_sse
+from orchestrator_core.sse import SseEvent, aiter_sse
 
 pytestmark = pytest.mark.timeout(60)
 

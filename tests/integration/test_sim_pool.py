@@ -27,7 +27,6 @@ import pytest
 from llorch_pool.agent import PoolAgent, PoolAgentConfig
 from llorch_pool.serving import RunningServer, free_port, serve_app
 from llorch_pool.sim import EngineFaults, SimEngineConfig, SimModel, SimulatedPool
-from llorch_pool.sse import aiter_sse
 from orchestrator_core.errors import OrchestratorError
 from orchestrator_core.pools import (
     InMemoryPoolRegistry,
@@ -35,6 +34,7 @@ from orchestrator_core.pools import (
     PoolRegistration,
     PoolStatus,
 )
+from orchestrator_core.sse import aiter_sse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from llorch.sse import SseDecoder, SseEvent
+from orchestrator_core.sse import SseDecoder, SseEvent
 
 
 def _decode(text: str) -> list[SseEvent]:

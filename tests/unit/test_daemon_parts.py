@@ -11,13 +11,13 @@ from pathlib import Path
 import orchestratord
 import pytest
 from orchestrator_core import ConfigInvalid, ErrorCode, OrchestratorError, load_config
+from orchestrator_core.sse import SseDecoder
 from orchestratord import MemoryStore, Orchestrator, build_config, estimate_prompt_tokens
 from orchestratord.auth import Authenticator
 from orchestratord.cli import main
 from orchestratord.store import StoredEvent
 from orchestratord.streams import JobStream, format_sse
 from orchestratord.testing import RecordingPoolAgentClient, ScriptedWorkerClient, make_config
-from orchestratord.workers import SseParser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,10 +157,10 @@ def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
 
 
 def test_sse_parser_handles_comments_multiline_data_and_blank_runs() -> None:
-    parser = SseParser()
+    decoder = SseDecoder()
     lines = [": hi", "", "event: token", 'data: {"a":', "data: 1}", "", "", "data: x", ""]
-    out = [e for e in (parser.feed(line) for line in lines) if e is not None]
-    assert out == [("token", '{"a":\n1}'), ("message", "x")]
+    out = [e for e in (decoder.feed(line) for line in lines) if e is not None]
+    assert [(e.event, e.data) for e in out] == [("token", '{"a":\n1}'), ("message", "x")]
 
 
 def ev(i: int, kind: str = "token") -> StoredEvent:

@@ -13,7 +13,6 @@ MODULES = [
     "llorch_pool.sim",
     "llorch_pool.protocol",
     "llorch_pool.errors",
-    "llorch_pool.sse",
     "llorch_pool.serving",
 ]
 

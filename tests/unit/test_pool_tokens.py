@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 from llorch_pool.sim.tokens import VOCABULARY, StopScanner, TokenSource
-from llorch_pool.sse import SseDecoder, encode_data, encode_event
+from orchestrator_core.sse import SseDecoder, encode_data, encode_event
 
 pieces = st.lists(st.text(alphabet="ab c.", min_size=0, max_size=6), max_size=30)
 stops = st.lists(st.text(alphabet="ab c.", min_size=1, max_size=4), max_size=4)
@@ -96,16 +96,16 @@ def test_sse_round_trips_under_any_chunking(
     pos, i = 0, 0
     while pos < len(wire):
         step = cuts[i % len(cuts)]
-        got.extend(decoder.feed(wire[pos : pos + step]))
+        got.extend(decoder.feed_text(wire[pos : pos + step]))
         pos += step
         i += 1
-    got.extend(decoder.feed("\n"))  # a trailing CR waits for its LF
+    got.extend(decoder.feed_text("\n"))  # a trailing CR waits for its LF
     assert [(e.event, e.json()) for e in got] == evs
 
 
 def test_openai_data_frames() -> None:
     decoder = SseDecoder()
-    frames = decoder.feed(
+    frames = decoder.feed_text(
         (encode_data({"a": 1}) + encode_data("[DONE]") + b": comment\n\n").decode()
     )
     assert [(f.event, f.data) for f in frames] == [

@@ -31,11 +31,11 @@ from orchestrator_core import (
     TaskSubmitRequest,
     TaskSubmitResponse,
 )
+from orchestrator_core.sse import SseDecoder, SseEvent
 from pydantic import BaseModel
 
 from llorch import __version__
 from llorch.errors import ApiError, BadResponse, DaemonUnreachable, StreamLost
-from llorch.sse import SseDecoder, SseEvent
 
 __all__ = ["TERMINAL_EVENTS", "JobPage", "OrchestratorClient"]
 

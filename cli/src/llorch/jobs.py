@@ -19,6 +19,7 @@ from orchestrator_core import (
     RequestInvalid,
     TaskSubmitRequest,
 )
+from orchestrator_core.sse import SseEvent
 
 from llorch.client import OrchestratorClient
 from llorch.errors import LlorchError, RequestRejectedLocally, UsageProblem
@@ -26,7 +27,6 @@ from llorch.exitcodes import ExitCode
 from llorch.output import Output
 from llorch.render import render_job, render_jobs
 from llorch.session import JsonOpt, QuietOpt, Session
-from llorch.sse import SseEvent
 
 __all__ = ["DEFAULT_MAX_TOKENS", "app", "follow"]
 

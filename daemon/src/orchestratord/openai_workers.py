@@ -57,10 +57,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from orchestrator_core.sse import SseDecoder
 
 from orchestratord.workers import (
     ExecuteRequest,
-    SseParser,
     WorkerEvent,
     WorkerLost,
     WorkerUnreachable,
@@ -220,12 +220,12 @@ class OpenAIWorkerClient:
                         "started", {"job_id": stream.job_id, "engine_request_id": request_id}
                     )
                 )
-                parser = SseParser()
+                decoder = SseDecoder()
                 async for line in resp.aiter_lines():
-                    parsed = parser.feed(line.rstrip("\r"))
+                    parsed = decoder.feed(line)
                     if parsed is None:
                         continue
-                    raw = parsed[1].strip()
+                    raw = parsed.data.strip()
                     if raw == "[DONE]":
                         if finish is None:  # e.g. llama-cpp-python interrupting the request
                             why = "the engine ended the stream without a finish_reason"

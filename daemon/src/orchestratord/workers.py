@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
+from orchestrator_core.sse import SseDecoder
 
 __all__ = [
     "ExecuteRequest",
     "NativeWorkerClient",
     "ProtocolRoutingWorkerClient",
-    "SseParser",
     "WorkerClient",
     "WorkerError",
     "WorkerEvent",
@@ -126,33 +126,6 @@ class WorkerClient(Protocol):
         ...
 
 
-class SseParser:
-    """Incremental Server-Sent-Events parser: feed lines, get ``(event, data)`` pairs."""
-
-    def __init__(self) -> None:
-        self._event = "message"
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> tuple[str, str] | None:
-        """One line (without its newline). Returns a complete event at a blank line."""
-        if line == "":
-            if not self._data:
-                self._event = "message"
-                return None
-            out = (self._event, "\n".join(self._data))
-            self._event, self._data = "message", []
-            return out
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        return None
-
-
 _TERMINAL = {"end", "error"}
 _URI_MEMORY = 4096
 
@@ -189,12 +162,12 @@ class NativeWorkerClient:
                 if resp.status_code // 100 != 2:
                     await resp.aread()
                     raise WorkerUnreachable(f"worker answered {resp.status_code} to /execute")
-                parser = SseParser()
+                decoder = SseDecoder()
                 async for line in resp.aiter_lines():
-                    parsed = parser.feed(line.rstrip("\r"))
+                    parsed = decoder.feed(line)
                     if parsed is None:
                         continue
-                    kind, raw = parsed
+                    kind, raw = parsed.event, parsed.data
                     try:
                         data = json.loads(raw) if raw else {}
                     except ValueError:

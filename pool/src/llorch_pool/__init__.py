@@ -6,8 +6,8 @@
 * :mod:`llorch_pool.sim` — the **simulator** (``llorch-sim``): simulated engines (native and
   OpenAI-compatible protocols, configurable timings and faults) and simulated pools (the
   real agent with simulated engines and GPUs). A test and benchmark tool, not an engine.
-* :mod:`llorch_pool.protocol` — the wire types both share; :mod:`llorch_pool.sse` — SSE
-  encoding and decoding.
+* :mod:`llorch_pool.protocol` — the wire types both share (SSE framing comes from
+  :mod:`orchestrator_core.sse`).
 """
 
 __version__ = "0.1.0"

@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 
 from orchestrator_core.api import ApiModel
 from orchestrator_core.errors import ErrorCode, OrchestratorError, RequestInvalid
+from orchestrator_core.sse import encode_data, encode_event
 from pydantic import ConfigDict, Field, Strict, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -51,7 +52,6 @@ from llorch_pool.protocol import (
 )
 from llorch_pool.serving import error_response, read_json, request_correlation_id
 from llorch_pool.sim.tokens import StopScanner, TokenSource
-from llorch_pool.sse import encode_data, encode_event
 
 __all__ = [
     "EngineFaults",
