@@ -716,7 +716,7 @@ class Orchestrator:
             return f"worker is {worker.status}"
         if self.worker_load(pool_id, worker_id) >= worker.max_concurrency:
             return "worker is busy"
-        if worker.model_ref != a.job.model_ref:
+        if self.canonical_model(worker.model_ref) != self.canonical_model(a.job.model_ref):
             return "worker serves another model"
         if not worker.uri:
             return "worker has no uri"
@@ -1209,6 +1209,11 @@ class Orchestrator:
             await asyncio.sleep(600)
 
     # -- worker start / eviction (executed for the scheduler) ------------------------------
+
+    def canonical_model(self, name: str) -> str:
+        """The catalog's model_ref for ``name`` (a model_ref or one of its aliases)."""
+        entry = self.catalog.get(name)
+        return name if entry is None else entry.model_ref
 
     async def start_worker(self, pool_id: str, gpu_id: str, model_ref: str) -> str | None:
         """Ask a pool to start a worker; returns the new worker id or ``None`` on refusal."""

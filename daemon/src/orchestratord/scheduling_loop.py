@@ -130,6 +130,9 @@ class SchedulingLoop(ClusterListener):
         self._deferred: list[Callable[[], object]] = []
         self._starts: set[asyncio.Task[None]] = set()
         self._evicting: dict[str, set[asyncio.Task[None]]] = {}
+        self._start_backoff: dict[tuple[str, str], tuple[float, float]] = {}
+        """(pool_id, model_ref) -> (retry not before, last delay): a pool that refused a start
+        is not asked again for the same model at once (1 s, doubling up to 60 s)."""
         """pool_id -> evictions in flight there (a start on that pool waits for them)."""
         cfg = orch.config
         self.timeout_s = max(0.25, cfg.scheduler.budget_ms * 4 / 1000)
@@ -353,15 +356,19 @@ class SchedulingLoop(ClusterListener):
         log("scheduler.decision_dropped", why, level=logging.INFO, action=act.action, reason=kind)
 
     def _wait(self, act: Wait) -> None:
-        if act.retry_after_ms is None or self._timer is not None:
+        if act.retry_after_ms is not None:
+            self._retry_at(act.retry_after_ms / 1000)
+
+    def _retry_at(self, delay_s: float) -> None:
+        """Run a pass after ``delay_s`` (at most 60 s) unless a timer is already set."""
+        if self._timer is not None:
             return
 
         def due() -> None:
             self._timer = None
             self.kick()
 
-        delay = min(60.0, act.retry_after_ms / 1000)
-        self._timer = asyncio.get_running_loop().call_later(delay, due)
+        self._timer = asyncio.get_running_loop().call_later(min(60.0, max(0.0, delay_s)), due)
 
     def _pool_of(self, worker_id: str) -> str | None:
         view = self.state.worker_view(worker_id)
@@ -389,6 +396,11 @@ class SchedulingLoop(ClusterListener):
                 return False
             return True
         if isinstance(act, StartWorker):
+            not_before, _ = self._start_backoff.get((act.pool_id, act.model_ref), (0.0, 0.0))
+            if orch.clock() < not_before:
+                self._drop(act, "the pool refused this model recently", "backoff")
+                self._retry_at(not_before - orch.clock())
+                return False
             placeholder = self.state.start_requested(
                 act.pool_id, act.gpu_id, act.model_ref, now=orch.clock()
             )
@@ -420,7 +432,17 @@ class SchedulingLoop(ClusterListener):
         evicting = list(self._evicting.get(act.pool_id, ()))
         if evicting:
             await asyncio.wait(evicting)
-        worker_id = await self.orch.start_worker(act.pool_id, act.gpu_id, act.model_ref)
+        # The pool is asked for the model by its own name (it may know it by a catalog alias).
+        model = self.state.pool_model_name(act.pool_id, act.model_ref)
+        worker_id = await self.orch.start_worker(act.pool_id, act.gpu_id, model)
+
+        key = (act.pool_id, act.model_ref)
+        if worker_id is None:
+            _, last = self._start_backoff.get(key, (0.0, 0.0))
+            delay = min(60.0, max(1.0, 2 * last))
+            self._start_backoff[key] = (self.orch.clock() + delay, delay)
+        else:
+            self._start_backoff.pop(key, None)
 
         def settle() -> None:
             if self.state.worker_view(placeholder) is None:

@@ -1018,6 +1018,20 @@ class ClusterState:
             worker_ids=tuple(sorted(gpu.workers)),
         )
 
+    def pool_model_name(self, pool_id: str, model_ref: str) -> str:
+        """The name ``pool_id`` itself uses for the canonical ``model_ref``: the model it
+        reported that resolves to ``model_ref`` (an alias of the catalog, say), else
+        ``model_ref``. A worker start must name the model the way the pool knows it."""
+        rec = self._pools.get(pool_id)
+        if rec is not None:
+            for name in rec.reported_models:
+                if name == model_ref:
+                    return name
+            for name in rec.reported_models:
+                if self._catalog.resolve(name) == model_ref:
+                    return name
+        return model_ref
+
     def pool_view(self, pool_id: str) -> PoolView | None:
         """One pool, or ``None``."""
         rec = self._pools.get(pool_id)
