@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -63,7 +63,37 @@ def _script(name: str) -> str:
     return found
 
 
-class DaemonProcess:
+class _ChildProcess:
+    """What the process wrappers share: their log's tail and ``with`` support (start on
+    entry unless started, stop on exit, even when the block fails)."""
+
+    log_path: Path
+    proc: subprocess.Popen[Any] | None
+
+    def start(self) -> Self:
+        """Start the process and wait until it is ready."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the process."""
+        raise NotImplementedError
+
+    def log_tail(self, n: int = 4000) -> str:
+        """The end of the process's log."""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-n:]
+        return ""
+
+    def __enter__(self) -> Self:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class DaemonProcess(_ChildProcess):
     """``orchestratord`` as a child process on a free port, with its config written to
     ``workdir/orchestrator.toml`` and its SQLite data in ``workdir/data``."""
 
@@ -119,20 +149,6 @@ class DaemonProcess:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.kill9()
-
-    def log_tail(self, n: int = 4000) -> str:
-        """The end of the daemon's log."""
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-n:]
-        return ""
-
-    def __enter__(self) -> DaemonProcess:
-        return self.start() if self.proc is None else self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 class EngineProcess:
@@ -200,7 +216,7 @@ class EngineProcess:
         self.stop()
 
 
-class PoolProcess:
+class PoolProcess(_ChildProcess):
     """A pool agent as a child process: ``llorch-pool --config FILE`` (:meth:`agent`) or a
     simulated pool, ``llorch-sim pool …`` (:meth:`sim`). Its URL is the first stdout line; its
     log goes to ``log_path``. :meth:`stop` sends SIGTERM (the agent stops its engines and
@@ -267,20 +283,6 @@ class PoolProcess:
                 self.proc.wait(timeout=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-    def log_tail(self, n: int = 4000) -> str:
-        """The end of the pool's log."""
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-n:]
-        return ""
-
-    def __enter__(self) -> PoolProcess:
-        return self.start() if self.proc is None else self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 @dataclass

@@ -72,10 +72,10 @@ class EvictionPolicy(Protocol):
         ...
 
 
-class LruEviction:
-    """Least recently used first. A plan's cost is its most recent use (older is cheaper)."""
+class _AutomaticEviction:
+    """Shared by the automatic policies: never evict a worker used less than ``min_idle_s``
+    ago."""
 
-    name = "lru"
     automatic = True
 
     def __init__(self, min_idle_s: float = 0.0) -> None:
@@ -84,7 +84,13 @@ class LruEviction:
         self.min_idle_s = min_idle_s
 
     def __repr__(self) -> str:
-        return f"LruEviction(min_idle_s={self.min_idle_s!r})"
+        return f"{type(self).__name__}(min_idle_s={self.min_idle_s!r})"
+
+
+class LruEviction(_AutomaticEviction):
+    """Least recently used first. A plan's cost is its most recent use (older is cheaper)."""
+
+    name = "lru"
 
     def victim_key(self, worker: EvictionCandidate) -> tuple[Any, ...]:
         """``(last_used_at, worker_id)``; never-used workers go first."""
@@ -97,19 +103,10 @@ class LruEviction:
         return (latest, len(victims))
 
 
-class LfuEviction:
+class LfuEviction(_AutomaticEviction):
     """Least frequently used first (fewest completed jobs), then least recently used."""
 
     name = "lfu"
-    automatic = True
-
-    def __init__(self, min_idle_s: float = 0.0) -> None:
-        if min_idle_s < 0:
-            raise ValueError(f"min_idle_s: must be >= 0, got {min_idle_s}")
-        self.min_idle_s = min_idle_s
-
-    def __repr__(self) -> str:
-        return f"LfuEviction(min_idle_s={self.min_idle_s!r})"
 
     def victim_key(self, worker: EvictionCandidate) -> tuple[Any, ...]:
         """``(jobs_completed, last_used_at, worker_id)``."""
