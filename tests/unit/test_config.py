@@ -165,3 +165,21 @@ def test_a_missing_file_is_a_config_error_naming_the_file(tmp_path: Path) -> Non
 def test_the_effective_config_round_trips_through_plain_data() -> None:
     cfg = load_config(EXAMPLE)
     assert OrchestratorConfig.from_mapping(cfg.to_toml_dict()) == cfg
+
+
+def test_the_scheduler_knobs_reach_the_built_in_scheduler() -> None:
+    from orchestrator_core.scheduling import builtin_scheduler_from_config
+
+    cfg = OrchestratorConfig.from_toml(
+        "[scheduler]\nscale_out = false\ndrain_after_s = 5\nmax_drains = 0\nmax_actions = 8"
+    )
+    built = builtin_scheduler_from_config(cfg)
+    assert (built.scale_out, built.drain_after_s, built.max_drains, built.max_actions) == (
+        False,
+        5.0,
+        0,
+        8,
+    )
+    assert problems("[scheduler]\nmax_actions = 0") == [
+        "scheduler.max_actions: must be between 1 and 100000, got 0"
+    ]

@@ -88,6 +88,15 @@ class SchedulerConfig(_Section):
     max_operations: Annotated[int, Field(ge=1000)] = 1_000_000
     snapshot_window: Annotated[int, Field(ge=1)] = 256
     quota_action: Literal["wait", "reject"] = "wait"
+    scale_out: bool = Field(
+        default=True, description="Start another worker when a model's queue exceeds its slots"
+    )
+    drain_after_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=60.0,
+        description="Drain a busy worker that blocks a model whose oldest job waited this long",
+    )
+    max_drains: Annotated[int, Field(ge=0, le=1000)] = 2
+    max_actions: Annotated[int, Field(ge=1, le=100_000)] = 256
 
     @model_validator(mode="after")
     def _script_for_policy(self) -> Self:

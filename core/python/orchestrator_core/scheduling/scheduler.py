@@ -930,6 +930,10 @@ def builtin_scheduler_from_config(config: OrchestratorConfig) -> BuiltinSchedule
         order=build_queue_order(config).name,
         placement=config.scheduler.placement,
         eviction=build_eviction(config),
+        scale_out=config.scheduler.scale_out,
+        drain_after_s=config.scheduler.drain_after_s,
+        max_drains=config.scheduler.max_drains,
+        max_actions=config.scheduler.max_actions,
     )
 
 
