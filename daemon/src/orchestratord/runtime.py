@@ -748,17 +748,10 @@ class Orchestrator:
         worker_id = worker.worker_id
         job = a.job
         prompt = job.prompt or ""
-        p = job.params
-        request = ExecuteRequest(
+        request = ExecuteRequest.of(
+            job.params,
             job_id=a.job_id,
             prompt=prompt,
-            max_tokens=p.max_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            top_k=p.top_k,
-            repetition_penalty=p.repetition_penalty,
-            stop=p.stop,
-            seed=p.seed,
             model=worker.model_ref,
             protocol=worker.protocol,
         )

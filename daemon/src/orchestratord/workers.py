@@ -31,10 +31,11 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
+from orchestrator_core.jobs import JobParams
 from orchestrator_core.sse import SseDecoder
 
 __all__ = [
@@ -61,9 +62,11 @@ class WorkerLost(WorkerError):
     """The worker's stream broke after it had started (or ended without a terminal event)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ExecuteRequest:
-    """What the daemon asks a worker to run (the body of ``POST /execute``).
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecuteRequest(JobParams):
+    """What the daemon asks a worker to run (the body of ``POST /execute``): the job's
+    sampling parameters (inherited from :class:`~orchestrator_core.JobParams`), its id and
+    prompt.
 
     ``model`` and ``protocol`` describe the worker, not the job's body: the model it serves
     (OpenAI-compatible engines want it as ``model``) and how to talk to it (``"llorch"`` or
@@ -71,15 +74,18 @@ class ExecuteRequest:
 
     job_id: str
     prompt: str
-    max_tokens: int
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
     model: str = ""
     protocol: str = "llorch"
+
+    @classmethod
+    def of(
+        cls, params: JobParams, *, job_id: str, prompt: str, model: str = "", protocol: str = ""
+    ) -> ExecuteRequest:
+        """The request running a job with ``params`` on a worker."""
+        sampling = {f.name: getattr(params, f.name) for f in fields(JobParams)}
+        return cls(
+            job_id=job_id, prompt=prompt, model=model, protocol=protocol or "llorch", **sampling
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body of the native ``POST /execute``."""
