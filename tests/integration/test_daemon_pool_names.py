@@ -81,3 +81,39 @@ async def test_a_refused_start_is_not_retried_in_a_tight_loop() -> None:
         assert 1 <= len(pools.starts) <= 2, pools.starts
         dropped = app.state.orchestrator.metrics.decisions_dropped.labels("start_worker")
         assert dropped._value.get() >= 1  # the policy's repeated proposals are counted
+
+
+class VramRefusingPoolAgentClient(RecordingPoolAgentClient):
+    """Refuses every start with INSUFFICIENT_VRAM and the figure the model needs."""
+
+    async def start_worker(
+        self, endpoint: str, *, pool_id: str, model_ref: str, gpu_id: str, correlation_id: str
+    ) -> str:
+        self.starts.append((endpoint, pool_id, model_ref, gpu_id))
+        raise PoolRequestFailed(
+            "INSUFFICIENT_VRAM", "does not fit", {"vram_needed_bytes": 40 << 30}
+        )
+
+
+async def test_a_refusal_with_the_vram_figure_teaches_the_daemon_that_the_model_never_fits() -> (
+    None
+):
+    """A pool that does not report model sizes refuses the start with the figure; the daemon
+    learns it and rejects the job NO_CAPACITY instead of asking again."""
+    pools = VramRefusingPoolAgentClient()
+    app = create_app(
+        make_config(),
+        store=MemoryStore(),
+        worker_client=ScriptedWorkerClient(),
+        pool_client=pools,
+    )
+    async with running_app(app) as client:
+        orch = app.state.orchestrator
+        assert (await client.post("/v2/pools/register", json=empty_pool("m1"))).is_success
+        r = await client.post("/v2/tasks", json={"model": "m1", "prompt": "p", "max_tokens": 3})
+        job_id = r.json()["job_id"]
+        await wait_for(lambda: job_id not in orch.active)
+        status = (await client.get(f"/v2/tasks/{job_id}")).json()
+        assert status["status"] == "failed"
+        assert status["error"]["code"] == "NO_CAPACITY"
+        assert len(pools.starts) == 1

@@ -109,8 +109,10 @@ def test_a_heartbeat_replaces_the_inventory(
             gpus=[GpuInfo(gpu_id="0", vram_total_bytes=100, vram_free_bytes=40)],
             workers=[WorkerInfo(worker_id="w1", model_ref="m", gpu_ids=["0"], status="ready")],  # type: ignore[arg-type]
             models=["m"],
+            model_vram_bytes={"m": 7 << 30},
         ),
     )
+    assert info.model_vram_bytes == {"m": 7 << 30}
     assert info.gpus[0].vram_free_bytes == 40
     assert info.workers[0].status is WorkerStatus.READY
     assert info.models == ["m"]

@@ -108,6 +108,10 @@ class PoolRegistration(ApiModel):
     gpus: list[GpuInfo] = Field(default_factory=list)
     workers: list[WorkerInfo] = Field(default_factory=list)
     models: list[str] = Field(default_factory=list, description="Models the pool can load")
+    model_vram_bytes: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="VRAM a worker of each model needs on this pool, when the pool knows it",
+    )
     version: str = ""
 
 
@@ -118,6 +122,7 @@ class PoolHeartbeat(ApiModel):
     gpus: list[GpuInfo] = Field(default_factory=list)
     workers: list[WorkerInfo] = Field(default_factory=list)
     models: list[str] | None = None
+    model_vram_bytes: dict[str, Annotated[int, Field(ge=0)]] | None = None
     reported_status: Annotated[PoolStatus, Strict(False)] | None = Field(
         default=None, description="The pool may report itself degraded (e.g. a GPU error)"
     )
@@ -133,6 +138,7 @@ class PoolInfo(ApiModel):
     gpus: list[GpuInfo] = Field(default_factory=list)
     workers: list[WorkerInfo] = Field(default_factory=list)
     models: list[str] = Field(default_factory=list)
+    model_vram_bytes: dict[str, int] = Field(default_factory=dict)
     version: str = ""
     registered_at: float
     last_heartbeat: float
@@ -234,6 +240,7 @@ class InMemoryPoolRegistry:
             gpus=list(registration.gpus),
             workers=list(registration.workers),
             models=list(registration.models),
+            model_vram_bytes=dict(registration.model_vram_bytes),
             version=registration.version,
             registered_at=existing.registered_at if existing else now,
             last_heartbeat=now,
@@ -284,6 +291,8 @@ class InMemoryPoolRegistry:
         }
         if beat.models is not None:
             update["models"] = list(beat.models)
+        if beat.model_vram_bytes is not None:
+            update["model_vram_bytes"] = dict(beat.model_vram_bytes)
         pool = pool.model_copy(update=update)
         self._pools[pool_id] = pool
         self._beat_sent_at[pool_id] = beat.sent_at

@@ -136,6 +136,7 @@ class PoolInventory(ApiModel):
     gpus: list[GpuInfo] = Field(default_factory=list)
     workers: list[WorkerInfo] = Field(default_factory=list)
     models: list[str] = Field(default_factory=list)
+    model_vram_bytes: dict[str, int] = Field(default_factory=dict)
     reported_status: Annotated[PoolStatus, Strict(False)] | None = None
     protocols: dict[str, str] = Field(default_factory=dict)
 
@@ -146,6 +147,7 @@ class PoolInventory(ApiModel):
             gpus=list(self.gpus),
             workers=list(self.workers),
             models=list(self.models),
+            model_vram_bytes=dict(self.model_vram_bytes),
             reported_status=self.reported_status,
         )
 

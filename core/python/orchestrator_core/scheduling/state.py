@@ -735,6 +735,8 @@ class ClusterState:
         rec.models = frozenset(self._catalog.resolve(m) for m in pool.models)
         for m in rec.models:
             self._pool_models[m] += 1
+        for m, vram in pool.model_vram_bytes.items():  # what the pool's launch configs need
+            self._learn_vram(self._catalog.resolve(m), vram)
         rec.registered_at = pool.registered_at
         rec.last_heartbeat = pool.last_heartbeat
         rec.version += 1

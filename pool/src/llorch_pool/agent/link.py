@@ -152,6 +152,7 @@ class OrchestratorLink:
             gpus=list(inv.gpus),
             workers=list(inv.workers),
             models=list(inv.models),
+            model_vram_bytes=dict(inv.model_vram_bytes),
             version=self.version,
         )
 

@@ -170,6 +170,7 @@ class PoolAgent:
             gpus=self.workers.gpu_infos(),
             workers=self.workers.worker_infos(),
             models=self.workers.models(),
+            model_vram_bytes={ref: m.vram_bytes for ref, m in self.workers.catalog().items()},
             protocols=self.workers.protocols(),
         )
 
