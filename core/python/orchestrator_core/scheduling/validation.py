@@ -30,7 +30,7 @@ from orchestrator_core.scheduling.decisions import (
     iter_actions,
 )
 from orchestrator_core.scheduling.snapshot import SchedulingSnapshot
-from orchestrator_core.scheduling.views import vram_share
+from orchestrator_core.scheduling.views import WorkerView, vram_share
 
 __all__ = ["Refusal", "RefusalCode", "validate_decision"]
 
@@ -111,19 +111,28 @@ class _Checker:
             return False
         return True
 
-    def dispatch(self, act: Dispatch) -> None:
-        ok = self._queued_job(act.job_id)
-        worker = self.state.worker_view(act.worker_id)
+    def _named_worker(self, worker_id: str, pool_id: str | None) -> tuple[WorkerView | None, bool]:
+        """The worker an action names (``None``, refused, when unknown) and whether it is on
+        the pool the action names, if it names one (refused when not)."""
+        worker = self.state.worker_view(worker_id)
         if worker is None:
-            self.refuse(RefusalCode.UNKNOWN_WORKER, f"no worker {act.worker_id}", "worker_id")
-            return
-        if act.pool_id is not None and act.pool_id != worker.pool_id:
+            self.refuse(RefusalCode.UNKNOWN_WORKER, f"no worker {worker_id}", "worker_id")
+            return None, False
+        if pool_id is not None and pool_id != worker.pool_id:
             self.refuse(
                 RefusalCode.POOL_MISMATCH,
-                f"worker {worker.worker_id} belongs to pool {worker.pool_id}, not {act.pool_id}",
+                f"worker {worker.worker_id} belongs to pool {worker.pool_id}, not {pool_id}",
                 "pool_id",
             )
-            ok = False
+            return worker, False
+        return worker, True
+
+    def dispatch(self, act: Dispatch) -> None:
+        ok = self._queued_job(act.job_id)
+        worker, same_pool = self._named_worker(act.worker_id, act.pool_id)
+        if worker is None:
+            return
+        ok = ok and same_pool
         pool = self.state.pool_view(worker.pool_id)
         if pool is None or pool.status is PoolStatus.OFFLINE:
             self.refuse(
@@ -223,16 +232,8 @@ class _Checker:
         self.vram_reserved[key] += need
 
     def evict(self, act: EvictWorker) -> None:
-        worker = self.state.worker_view(act.worker_id)
-        if worker is None:
-            self.refuse(RefusalCode.UNKNOWN_WORKER, f"no worker {act.worker_id}", "worker_id")
-            return
-        if act.pool_id is not None and act.pool_id != worker.pool_id:
-            self.refuse(
-                RefusalCode.POOL_MISMATCH,
-                f"worker {worker.worker_id} belongs to pool {worker.pool_id}, not {act.pool_id}",
-                "pool_id",
-            )
+        worker, same_pool = self._named_worker(act.worker_id, act.pool_id)
+        if worker is None or not same_pool:
             return
         if worker.worker_id in self.evicted:
             self.refuse(
