@@ -1,7 +1,7 @@
 """Two simulated pools (real ``llorch-sim pool`` processes) and a real ``orchestratord`` over
 loopback HTTP: a pool that stops heartbeating goes offline within interval × threshold, its
 jobs that had no token yet move to the other pool, and a job that had relayed tokens fails
-WORKER_FAILED (SYSTEM.md §5-6)."""
+WORKER_FAILED (docs/design/http-api.md, *Pools*)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The simulated engine over real HTTP on loopback (in-process uvicorn on a free port, and
 the ``llorch-sim engine`` program as a real process).
 
-Covers the native worker protocol of SYSTEM.md §3 (event order, exactly one terminal event,
+Covers the native worker protocol of docs/pool-agent.md (event order, exactly one terminal event,
 max_tokens, stop strings, seeds, cancel), the OpenAI-compatible endpoint, the timing model,
 and every fault injection.
 """

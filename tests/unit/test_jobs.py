@@ -1,4 +1,4 @@
-"""The job state machine of SYSTEM.md §2, case by case."""
+"""The job state machine (docs/design/http-api.md, *Job statuses*), case by case."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Unit-test double: an in-process stand-in for orchestratord's HTTP API.
 
 **For unit tests only.** :class:`FakeOrchestratord` answers the ``/v2`` contract of
-SYSTEM.md §3 through an ``httpx.MockTransport`` (see :meth:`FakeOrchestratord.transport`), so
+docs/design/http-api.md through an ``httpx.MockTransport``
+(see :meth:`FakeOrchestratord.transport`), so
 the CLI's commands can be exercised through typer's ``CliRunner`` without sockets. It keeps
 jobs in a dict, validates submissions with orchestrator_core (so it answers bad input with the
 real codes and messages), scripts each job's SSE events (``queued``, ``started``, ``token``…,

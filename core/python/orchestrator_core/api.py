@@ -1,4 +1,4 @@
-"""API request, response and error types shared by the daemon and the CLI (seed ORCH-CORE-004).
+"""API request, response and error types shared by the daemon and the CLI.
 
 Requests are pydantic models that validate on construction *and* on :meth:`validate`; both
 turn every problem into :class:`~orchestrator_core.errors.RequestInvalid`, one
@@ -6,7 +6,8 @@ turn every problem into :class:`~orchestrator_core.errors.RequestInvalid`, one
 that names the field (``temperature: must be between 0 and 2, got 5.0``). The daemon and the
 CLI therefore reject bad input with the same code and the same words.
 
-JSON Schemas of every request/response type come from :func:`json_schemas`.
+JSON Schemas of every request/response type come from :func:`json_schemas`. The routes that
+take and answer them: docs/design/http-api.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Configuration: ``OrchestratorConfig`` parsed from TOML, with defaults, environment overrides
-and validation that reports *every* problem with its key path (seed ORCH-CORE-005).
+and validation that reports *every* problem with its key path.
 
 Pure: :func:`OrchestratorConfig.from_toml` takes text and an environment mapping; the caller
 decides where they come from (:func:`load_config` is the thin file wrapper). Environment

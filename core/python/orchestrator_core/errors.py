@@ -1,7 +1,7 @@
 """Errors of orchestrator_core and the one table of stable error codes.
 
 Every error the system reports carries a stable UPPER_SNAKE ``code``; this module holds the
-single source of truth that maps each code to its HTTP status (SYSTEM.md §2). The daemon
+single source of truth that maps each code to its HTTP status (docs/design/errors.md). The daemon
 renders errors as the envelope
 ``{"error": {"code", "message", "details", "correlation_id"}}`` and the CLI maps codes to
 exit codes; neither keeps a table of its own.
@@ -11,7 +11,7 @@ Hierarchy::
     OrchestratorError                  (code, message, details)
     ├── RequestInvalid                 INVALID_REQUEST / INVALID_PARAMETER, with field errors
     ├── ConfigInvalid                  configuration errors, all of them, with key paths
-    ├── IllegalTransition              INVALID_STATE: a job status move SYSTEM.md §2 forbids
+    ├── IllegalTransition              INVALID_STATE: a job status move the state machine forbids
     ├── JobNotFound / PoolNotFound / ModelNotFound
     ├── PoolConflict                   POOL_CONFLICT
     ├── StaleHeartbeat                 INVALID_REQUEST: heartbeat older than the last one
@@ -78,7 +78,7 @@ class ErrorCode(StrEnum):
         return _HTTP_STATUS[self]
 
 
-# The single source of truth: code -> HTTP status (SYSTEM.md §2).
+# The single source of truth: code -> HTTP status (docs/design/errors.md).
 _HTTP_STATUS: Mapping[ErrorCode, int | None] = {
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.INVALID_PARAMETER: 400,
@@ -142,7 +142,7 @@ class OrchestratorError(Exception):
         return http_status_for(self.code)
 
     def to_envelope(self, correlation_id: str | None = None) -> dict[str, Any]:
-        """The error envelope of SYSTEM.md §2, ready to serialise as JSON."""
+        """The error envelope (docs/design/errors.md), ready to serialise as JSON."""
         body: dict[str, Any] = {"code": str(self.code), "message": self.message}
         body["details"] = self.details
         if correlation_id is not None:
@@ -201,7 +201,8 @@ class ConfigInvalid(OrchestratorError):
 
 
 class IllegalTransition(OrchestratorError):
-    """A job status move that SYSTEM.md §2 forbids, e.g. out of a terminal state."""
+    """A job status move the state machine of :mod:`orchestrator_core.jobs` forbids, e.g. out of
+    a terminal state."""
 
     code = ErrorCode.INVALID_STATE
 

@@ -1,6 +1,6 @@
 """Jobs: priority, status with its legal transitions, sampling parameters and the job itself.
 
-The state machine (SYSTEM.md §2)::
+The state machine (docs/design/http-api.md, *Job statuses*)::
 
     queued ──► running ──► completed
       │  ▲        ├──────► failed
@@ -63,7 +63,7 @@ class JobStatus(StrEnum):
         return self in _TERMINAL
 
     def can_move_to(self, target: JobStatus) -> bool:
-        """Whether SYSTEM.md §2 allows the move ``self -> target``."""
+        """Whether the state machine allows the move ``self -> target``."""
         return target in _LEGAL_MOVES[self]
 
 
@@ -184,7 +184,7 @@ class Job:
             self.pool_id = self.worker_id = None
         else:
             self.finished_at = now
-            self.prompt = None  # SYSTEM.md §5: keep only the hash once finished
+            self.prompt = None  # docs/design/persistence.md: keep only the hash
 
     def start(self, *, pool_id: str, worker_id: str, now: float) -> None:
         """queued -> running on ``worker_id``; counts an attempt."""

@@ -1,7 +1,7 @@
 """Errors raised by the pool agent and the simulator, each with a stable code.
 
 All of them derive from :class:`orchestrator_core.errors.OrchestratorError`, so the HTTP layer
-renders them with the one error envelope of SYSTEM.md §2 and the HTTP status of the core's
+renders them with the one error envelope of docs/design/errors.md and the HTTP status of the core's
 code table. Hierarchy::
 
     OrchestratorError (orchestrator_core)

@@ -1,4 +1,4 @@
-"""The wire types of the worker protocol and of the pool-agent API (SYSTEM.md §3).
+"""The wire types of the worker protocol and of the pool-agent API (docs/pool-agent.md).
 
 Worker protocol (what an engine serves, natively or through the simulator)::
 
@@ -60,7 +60,7 @@ class WorkerProtocol(StrEnum):
     :class:`PoolInventory`), because a worker's URI alone does not tell."""
 
     NATIVE = "llorch"
-    """The worker protocol of SYSTEM.md §3: ``POST /execute`` (SSE) and ``POST /cancel``."""
+    """The native protocol (docs/pool-agent.md): ``POST /execute`` (SSE) and ``POST /cancel``."""
     OPENAI = "openai"
     """OpenAI-compatible ``POST /v1/completions`` with ``stream: true`` (vLLM, llama.cpp's
     server, SGLang, Ollama). Cancellation = closing the stream."""

@@ -144,7 +144,8 @@ def error_response(
     correlation_id: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """The error envelope of SYSTEM.md §2 with the HTTP status of the core's code table."""
+    """The error envelope (docs/design/errors.md) with the HTTP status of the core's code
+    table."""
     extra = dict(headers or {})
     if correlation_id is not None:
         extra[CORRELATION_HEADER] = correlation_id

@@ -1,7 +1,7 @@
 """The Rhai ``ctx`` of one policy call: the snapshot's map plus what the prelude needs.
 
 :meth:`SchedulingSnapshot.to_ctx <orchestrator_core.scheduling.SchedulingSnapshot.to_ctx>`
-builds the map of RHAI_RUNTIME.md (queue windowed per order class, with counts in
+builds the map of docs/design/rhai-policies.md (queue windowed per order class, with counts in
 ``queue_info``; pools with GPUs and workers; catalog; tenants; metrics; config; ``now`` in
 Unix milliseconds). :class:`ContextBuilder` adds:
 

@@ -10,7 +10,7 @@
 ``GET /health``             liveness of the agent and its link to the orchestrator
 =========================  =======================================================
 
-Errors use the envelope of SYSTEM.md §2. When an API token is configured, ``/v2/*`` needs
+Errors use the envelope of docs/design/errors.md. When an API token is configured, ``/v2/*`` needs
 ``Authorization: Bearer <token>`` (401 ``UNAUTHORIZED`` without, 403 ``FORBIDDEN`` if wrong).
 """
 

@@ -1,6 +1,6 @@
 """The pool's link to the orchestrator: registration, heartbeats, back-off.
 
-Contract (SYSTEM.md §3, §6)::
+Contract (docs/design/http-api.md, *Pools*)::
 
     POST {orch}/v2/pools/register          PoolRegistration JSON     2xx = registered
     POST {orch}/v2/pools/{id}/heartbeat    PoolHeartbeat JSON        2xx = accepted

@@ -3,7 +3,7 @@
 This is a **simulator** (a test and benchmark tool), not an engine. It speaks both worker
 protocols of the project on the same port:
 
-* the native worker protocol of SYSTEM.md §3 — ``POST /execute`` (SSE ``started`` →
+* the native worker protocol (docs/pool-agent.md) — ``POST /execute`` (SSE ``started`` →
   ``token``* → ``metrics``* → ``end`` | ``error``), ``POST /cancel``, ``GET /health``;
 * the OpenAI-compatible protocol — ``POST /v1/completions`` (``stream: true`` gives
   ``data: {...}`` chunks and ``data: [DONE]``; a closed connection cancels), ``GET /v1/models``.
