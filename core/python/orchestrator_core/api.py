@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import ErrorDetails
 
 from orchestrator_core.errors import ErrorCode, FieldError, RequestInvalid
 
@@ -30,12 +29,21 @@ __all__ = [
     "ErrorEnvelope",
     "JobError",
     "JobStatusResponse",
+    "MaxTokens",
+    "RepetitionPenalty",
+    "Seed",
+    "StopSequences",
     "TaskSubmitRequest",
     "TaskSubmitResponse",
+    "Temperature",
+    "TopK",
+    "TopP",
     "WorkerSpawnRequest",
     "WorkerSpawnResponse",
     "field_error",
+    "field_errors",
     "json_schemas",
+    "request_invalid",
 ]
 
 SEED_MAX = 2**64 - 1
@@ -47,32 +55,63 @@ MAX_STOP_SEQUENCES = 4
 PriorityName = Literal["interactive", "batch"]
 StatusName = Literal["queued", "running", "completed", "failed", "cancelled"]
 
+# The sampling fields: one definition of each field's type and limits, used by
+# TaskSubmitRequest here and by the worker protocol's ExecuteRequest (llorch_pool.protocol).
+# Their defaults are those of orchestrator_core.jobs.JobParams.
+MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
+"""Most tokens to generate."""
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+"""Sampling temperature (0 = greedy)."""
+TopP = Annotated[float, Field(ge=0.0, le=1.0)]
+"""Nucleus sampling mass."""
+TopK = Annotated[int, Field(ge=0, le=1_000_000)]
+"""Sample from the top K tokens (0 = all)."""
+RepetitionPenalty = Annotated[float, Field(ge=0.0, le=2.0)]
+"""Repetition penalty (1 = none)."""
+StopSequences = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=256)]],
+    Field(max_length=MAX_STOP_SEQUENCES),
+]
+"""Stop strings, at most :data:`MAX_STOP_SEQUENCES`."""
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+"""Sampling seed (unsigned 64-bit)."""
+
 
 def _describe(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def field_error(model: type[BaseModel], err: ErrorDetails) -> FieldError:
-    """Turn one pydantic error on ``model`` into a :class:`FieldError` naming the field path,
-    the rule and the bad value (shared by the API types and the configuration)."""
-    loc = _path(err["loc"])
+def field_error(
+    model: type[BaseModel] | None, err: Mapping[str, Any], *, root: str = "body"
+) -> FieldError:
+    """Turn one pydantic error (an item of ``ValidationError.errors()``) into a
+    :class:`FieldError` naming the field path, the rule and the bad value.
+
+    ``model`` is the model that raised it (its JSON Schema gives both bounds of a range);
+    without it, the bound the error carries is named. ``root`` names a value with an empty
+    path. Most callers want :func:`field_errors` or :func:`request_invalid`.
+    """
+    loc = _path(err["loc"], root)
     kind = err["type"]
-    ctx = err.get("ctx", {})
+    ctx = err.get("ctx") or {}
     got = _describe(err.get("input"))
     top = str(err["loc"][0]) if err["loc"] else ""
-    lo, hi = _bounds(model, tuple(err["loc"]))
+    lo, hi = _bounds(model, tuple(err["loc"])) if model is not None else (None, None)
     if kind == "missing":
         return FieldError(loc, ErrorCode.INVALID_REQUEST, f"{loc}: is required")
     if kind == "extra_forbidden":
         return FieldError(loc, ErrorCode.INVALID_REQUEST, f"{loc}: unknown field")
-    if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
+    if kind in _COMPARISONS:
         if lo is not None and hi is not None:
             msg = f"{loc}: must be between {lo} and {hi}, got {got}"
         elif lo is not None:
             msg = f"{loc}: must be >= {lo}, got {got}"
-        else:
+        elif hi is not None:
             msg = f"{loc}: must be <= {hi}, got {got}"
+        else:
+            op, key = _COMPARISONS[kind]
+            msg = f"{loc}: must be {op} {ctx.get(key, '?')}, got {got}"
         return FieldError(loc, ErrorCode.INVALID_PARAMETER, msg)
     if kind == "too_long" and top == "stop":
         n = len(err["input"]) if isinstance(err.get("input"), list) else "more"
@@ -104,15 +143,63 @@ def field_error(model: type[BaseModel], err: ErrorDetails) -> FieldError:
     if kind == "value_error":
         reason = str(ctx.get("error", err["msg"]))
         return FieldError(loc, ErrorCode.INVALID_PARAMETER, f"{loc}: {reason}")
-    return FieldError(loc, ErrorCode.INVALID_PARAMETER, f"{loc}: {err['msg'].lower()}")
+    return FieldError(loc, ErrorCode.INVALID_PARAMETER, f"{loc}: {str(err['msg']).lower()}")
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    """``("auth", "clients", 0, "token")`` -> ``"auth.clients[0].token"``."""
+_COMPARISONS = {
+    "greater_than_equal": (">=", "ge"),
+    "greater_than": (">", "gt"),
+    "less_than_equal": ("<=", "le"),
+    "less_than": ("<", "lt"),
+}
+
+
+def field_errors(
+    errors: ValidationError | Iterable[Mapping[str, Any]],
+    model: type[BaseModel] | None = None,
+    *,
+    skip_loc: Collection[str] = (),
+    root: str = "body",
+) -> list[FieldError]:
+    """Every error of a pydantic validation as a :class:`FieldError` whose message names the
+    field (``temperature: must be between 0 and 2, got 5.0``): the one translation of
+    pydantic's errors into the project's, shared by the API types, the configurations, the
+    pool, the CLI and the daemon.
+
+    ``errors`` is a :class:`pydantic.ValidationError` or its ``errors()`` (FastAPI's
+    ``RequestValidationError.errors()`` too); ``model`` is the model validated, for the bounds
+    of ranges. ``skip_loc`` are location parts left out of field paths (FastAPI's ``query``,
+    ``header``, ``path``, ``body``); ``root`` names a value with no path left (default
+    ``body``).
+    """
+    items = errors.errors() if isinstance(errors, ValidationError) else errors
+    out: list[FieldError] = []
+    for item in items:
+        err = item
+        if skip_loc:
+            err = {**item, "loc": tuple(p for p in item["loc"] if p not in skip_loc)}
+        out.append(field_error(model, err, root=root))
+    return out
+
+
+def request_invalid(
+    errors: ValidationError | Iterable[Mapping[str, Any]],
+    model: type[BaseModel] | None = None,
+    *,
+    skip_loc: Collection[str] = (),
+    root: str = "body",
+) -> RequestInvalid:
+    """:class:`RequestInvalid` listing :func:`field_errors` (same arguments): what a
+    request that failed pydantic's validation is answered with."""
+    return RequestInvalid(field_errors(errors, model, skip_loc=skip_loc, root=root))
+
+
+def _path(loc: Iterable[int | str], root: str = "body") -> str:
+    """``("auth", "clients", 0, "token")`` -> ``"auth.clients[0].token"``; ``root`` if empty."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
+    return out or root
 
 
 @functools.cache
@@ -165,10 +252,6 @@ def _article(noun: str) -> str:
     return names.get(noun, f"a valid {noun}")
 
 
-def _request_invalid(model: type[BaseModel], exc: ValidationError) -> RequestInvalid:
-    return RequestInvalid([field_error(model, e) for e in exc.errors()])
-
-
 class ApiModel(BaseModel):
     """Base of the API types: strict types, unknown fields refused, errors as RequestInvalid.
 
@@ -182,7 +265,7 @@ class ApiModel(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise _request_invalid(type(self), exc) from None
+            raise request_invalid(exc, type(self)) from None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any] | str | bytes) -> Self:
@@ -205,7 +288,7 @@ class ApiModel(BaseModel):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            raise _request_invalid(cls, exc) from None
+            raise request_invalid(exc, cls) from None
 
     def validate(self) -> Self:  # type: ignore[override]  # pydantic's deprecated classmethod
         """Validate the current field values again (they may have been assigned since
@@ -214,7 +297,7 @@ class ApiModel(BaseModel):
         try:
             type(self).model_validate(self.model_dump())
         except ValidationError as exc:
-            raise _request_invalid(type(self), exc) from None
+            raise request_invalid(exc, type(self)) from None
         return self
 
 
@@ -224,16 +307,13 @@ class TaskSubmitRequest(ApiModel):
 
     model: Annotated[str, Field(min_length=1, max_length=256, description="Model ref or alias")]
     prompt: Annotated[str, Field(min_length=1, max_length=1_000_000)]
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)]
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
-    top_p: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
-    top_k: Annotated[int, Field(ge=0, le=1_000_000)] = 0
-    repetition_penalty: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    stop: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=256)]],
-        Field(max_length=MAX_STOP_SEQUENCES),
-    ] = Field(default_factory=list)
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
+    max_tokens: MaxTokens
+    temperature: Temperature = 0.7
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    repetition_penalty: RepetitionPenalty = 1.0
+    stop: StopSequences = Field(default_factory=list)
+    seed: Seed | None = None
     priority: PriorityName = "interactive"
     session_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")] | None = None
     timeout_s: Annotated[float, Field(gt=0, le=1800)] | None = Field(

@@ -13,6 +13,7 @@ The commented example at ``examples/config/orchestrator.toml`` documents every k
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,7 +39,10 @@ __all__ = [
     "ServerConfig",
     "TenantConfig",
     "TimeoutConfig",
+    "config_problems",
     "load_config",
+    "parse_toml",
+    "read_toml",
 ]
 
 ENV_PREFIX = "ORCHESTRATORD_"
@@ -278,18 +282,14 @@ class OrchestratorConfig(_Section):
         try:
             return cls.model_validate(merged)
         except ValidationError as exc:
-            raise ConfigInvalid(_problems(exc), source=source) from None
+            raise ConfigInvalid(config_problems(exc, cls), source=source) from None
 
     @classmethod
     def from_toml(
         cls, text: str, *, env: Mapping[str, str] | None = None, source: str | None = None
     ) -> OrchestratorConfig:
         """Parse TOML text; malformed TOML gives :class:`ConfigInvalid` with line and column."""
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigInvalid([f"malformed TOML: {exc}"], source=source) from None
-        return cls.from_mapping(data, env=env, source=source)
+        return cls.from_mapping(parse_toml(text, source=source), env=env, source=source)
 
     def model_catalog(self) -> dict[str, ModelEntry]:
         """Models keyed by model_ref *and* by every alias."""
@@ -314,7 +314,39 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
-def _problems(exc: ValidationError) -> list[str]:
+def parse_toml(text: str, *, source: str | None = None) -> dict[str, Any]:
+    """Decode TOML text. Malformed TOML raises :class:`ConfigInvalid` with ``source`` (the
+    file) and one problem giving the line and column: ``malformed TOML: Invalid value (at line
+    3, column 7)``. Every TOML file of the project (orchestratord's, the pool agent's,
+    llorch's settings) is read through here, so a bad file is reported the same way."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigInvalid([f"malformed TOML: {exc}"], source=source) from None
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read and decode the TOML file at ``path`` (see :func:`parse_toml`); a file that cannot
+    be read raises :class:`ConfigInvalid` naming it: ``cannot read config file: <reason>``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigInvalid([f"cannot read config file: {reason}"], source=str(p)) from None
+    except UnicodeDecodeError:
+        raise ConfigInvalid(["cannot read config file: not UTF-8 text"], source=str(p)) from None
+    return parse_toml(text, source=str(p))
+
+
+_KEY_PATH_PREFIX = re.compile(r"^[A-Za-z_][\w-]*(?:\.[\w-]+|\[\d+\])+: ")
+
+
+def config_problems(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    """The problems of a configuration that failed validation, one line each, each naming its
+    key path (``queue.capacity: must be -1 or >= 1, got 0``; ``bogus: unknown key``).
+    ``model`` is the configuration's model (for the bounds of ranges). Messages of
+    whole-model validators that already name their keys are kept as they are."""
     out: list[str] = []
     for err in exc.errors():
         if err["type"] == "value_error" and not err["loc"]:
@@ -322,10 +354,10 @@ def _problems(exc: ValidationError) -> list[str]:
             continue
         if err["type"] == "value_error":
             reason = str(err.get("ctx", {}).get("error", err["msg"]))
-            if reason.split(":", 1)[0].count(".") >= 1 and ":" in reason:
+            if _KEY_PATH_PREFIX.match(reason):
                 out.append(reason)  # already carries its full key path
                 continue
-        message = field_error(OrchestratorConfig, err).message
+        message = field_error(model, err).message
         out.append(message.replace(": unknown field", ": unknown key"))
     return out
 
@@ -361,9 +393,4 @@ def load_config(
     """Read ``path`` (or use the embedded defaults when ``None``) and validate it."""
     if path is None:
         return OrchestratorConfig.from_mapping({}, env=env, source="defaults")
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigInvalid([f"cannot read config file: {exc.strerror}"], source=str(p)) from None
-    return OrchestratorConfig.from_toml(text, env=env, source=str(p))
+    return OrchestratorConfig.from_mapping(read_toml(path), env=env, source=str(Path(path)))

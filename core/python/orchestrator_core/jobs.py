@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from orchestrator_core.errors import ErrorCode, IllegalTransition
 
@@ -92,7 +93,12 @@ def prompt_sha256(prompt: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class JobParams:
-    """Sampling parameters of a job (validated at the API boundary by TaskSubmitRequest)."""
+    """Sampling parameters of a job (validated at the API boundary by TaskSubmitRequest).
+
+    The one list of sampling fields and their defaults: code that moves them between a
+    request, a store and a worker goes through :meth:`from_mapping` and :meth:`to_dict`
+    instead of copying them field by field.
+    """
 
     max_tokens: int
     temperature: float = 0.7
@@ -101,6 +107,24 @@ class JobParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> JobParams:
+        """The sampling fields found in ``data`` (a request's ``model_dump()``, a decoded JSON
+        object); other keys are ignored and missing ones take their defaults. ``stop`` may
+        be any sequence of strings."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        if values.get("stop") is not None:
+            values["stop"] = tuple(values["stop"])
+        else:
+            values.pop("stop", None)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sampling fields as JSON-ready data (``stop`` as a list)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["stop"] = list(self.stop)
+        return out
 
 
 @dataclass(slots=True, eq=False)
@@ -149,15 +173,7 @@ class Job:
             job_id=job_id or new_job_id(),
             model_ref=req.model,
             prompt=req.prompt,
-            params=JobParams(
-                max_tokens=req.max_tokens,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                top_k=req.top_k,
-                repetition_penalty=req.repetition_penalty,
-                stop=tuple(req.stop),
-                seed=req.seed,
-            ),
+            params=JobParams.from_mapping(req.model_dump()),
             priority=Priority(req.priority),
             session_id=req.session_id,
             tenant_id=tenant_id,
