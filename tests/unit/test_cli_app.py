@@ -14,8 +14,9 @@ import httpx
 import pytest
 from llorch.exitcodes import ExitCode, exit_code_for_error, exit_codes_help
 from llorch.output import Output
-from llorch.testing import FakeOrchestratord, invoke
 from orchestrator_core import ErrorCode
+
+from tests.support.llorch_fake import FakeOrchestratord, invoke
 
 
 def _closed_port() -> int:

@@ -7,7 +7,8 @@ import json
 import pytest
 from llorch.exitcodes import ExitCode
 from llorch.settings import DEFAULT_URL, default_config_path, resolve_settings, token_fingerprint
-from llorch.testing import FakeOrchestratord, invoke
+
+from tests.support.llorch_fake import FakeOrchestratord, invoke
 
 BROKEN = """
 mode = "lab"

@@ -1,5 +1,5 @@
-"""`llorch jobs …` through typer's CliRunner, with llorch.testing.FakeOrchestratord standing in
-for the daemon's HTTP (an httpx.MockTransport: the unit-test seam)."""
+"""`llorch jobs …` through typer's CliRunner, with tests.support.llorch_fake.FakeOrchestratord
+standing in for the daemon's HTTP (an httpx.MockTransport: the unit-test seam)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 
 import pytest
 from llorch.exitcodes import ExitCode
-from llorch.testing import FakeOrchestratord, invoke
+
+from tests.support.llorch_fake import FakeOrchestratord, invoke
 
 
 @pytest.fixture

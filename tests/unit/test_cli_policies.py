@@ -7,8 +7,9 @@ import json
 
 import pytest
 from llorch.exitcodes import ExitCode
-from llorch.testing import invoke
 from orchestrator_core.rhai import sample_snapshot_json
+
+from tests.support.llorch_fake import invoke
 
 GOOD = """
 fn schedule(ctx) {

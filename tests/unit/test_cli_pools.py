@@ -8,8 +8,9 @@ import pytest
 from llorch.exitcodes import ExitCode
 from llorch.output import Output
 from llorch.render import render_pool, vram_bar
-from llorch.testing import FakeOrchestratord, invoke
 from orchestrator_core import PoolInfo
+
+from tests.support.llorch_fake import FakeOrchestratord, invoke
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import json
 
 import pytest
 from llorch.exitcodes import ExitCode
-from llorch.testing import FakeOrchestratord, invoke
+
+from tests.support.llorch_fake import FakeOrchestratord, invoke
 
 POLICY = """
 fn schedule(ctx) {

@@ -8,9 +8,8 @@ Types and validation come from orchestrator_core; all HTTP goes through
 The public API is exactly ``__all__``.
 """
 
-__version__ = "0.1.0"
-
 from llorch.client import JobPage, OrchestratorClient
 from llorch.exitcodes import ExitCode
+from llorch.version import __version__
 
 __all__ = ["ExitCode", "JobPage", "OrchestratorClient", "__version__"]

@@ -13,11 +13,12 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from llorch import __version__, config_cmd, jobs, pools, scheduler
+from llorch import config_cmd, jobs, pools, scheduler
 from llorch.errors import LlorchError
 from llorch.exitcodes import ExitCode, exit_codes_help
 from llorch.output import Output
 from llorch.session import Seams, Session
+from llorch.version import __version__
 
 __all__ = ["app", "main"]
 

@@ -31,11 +31,12 @@ from orchestrator_core import (
     TaskSubmitRequest,
     TaskSubmitResponse,
 )
+from orchestrator_core.api import request_invalid
 from orchestrator_core.sse import SseDecoder, SseEvent
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from llorch import __version__
 from llorch.errors import ApiError, BadResponse, DaemonUnreachable, StreamLost
+from llorch.version import __version__
 
 __all__ = ["TERMINAL_EVENTS", "JobPage", "OrchestratorClient"]
 
@@ -88,10 +89,11 @@ def _read(model: type[M], data: Any, what: str) -> M:
         raise BadResponse(f"unexpected answer to {what}: expected a JSON object")
     try:
         return model.model_validate(_known_fields(model, data))
+    except ValidationError as exc:  # a type not built on ApiModel
+        invalid = request_invalid(exc, model)
+        raise BadResponse(f"unexpected answer to {what}: {invalid.message}") from None
     except RequestInvalid as exc:
         raise BadResponse(f"unexpected answer to {what}: {exc.message}") from None
-    except ValueError as exc:  # pydantic's ValidationError for types not built on ApiModel
-        raise BadResponse(f"unexpected answer to {what}: {exc}") from None
 
 
 def _reason(exc: httpx.TransportError) -> str:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from orchestrator_core import ConfigInvalid
+from orchestrator_core.config import read_toml
 
 from llorch.errors import UsageProblem
 
@@ -148,18 +150,16 @@ _CHECKS = {"url": _check_url, "token": _check_token, "timeout": _check_timeout}
 
 
 def _read_file(path: Path, *, required: bool) -> dict[str, Any] | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    """The settings file's keys; ``None`` when an optional file is absent. A file that cannot
+    be read or is malformed is reported as orchestrator_core reports any TOML file."""
+    if not path.exists():
         if required:
-            raise UsageProblem(f"{path}: config file not found") from None
+            raise UsageProblem(f"{path}: config file not found")
         return None
-    except OSError as exc:
-        raise UsageProblem(f"{path}: cannot read config file: {exc.strerror}") from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageProblem(f"{path}: malformed TOML: {exc}") from None
+        data = read_toml(path)
+    except ConfigInvalid as exc:
+        raise UsageProblem(exc.message) from None
     unknown = sorted(set(data) - set(_KEYS))
     if unknown:
         raise UsageProblem(

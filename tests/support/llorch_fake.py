@@ -1,13 +1,13 @@
-"""Unit-test double: an in-process stand-in for orchestratord's HTTP API.
+"""Unit-test double of llorch's tests: an in-process stand-in for orchestratord's HTTP API.
 
-**For unit tests only.** :class:`FakeOrchestratord` answers the ``/v2`` contract of
-docs/design/http-api.md through an ``httpx.MockTransport``
-(see :meth:`FakeOrchestratord.transport`), so
-the CLI's commands can be exercised through typer's ``CliRunner`` without sockets. It keeps
-jobs in a dict, validates submissions with orchestrator_core (so it answers bad input with the
-real codes and messages), scripts each job's SSE events (``queued``, ``started``, ``token``…,
-``metrics``, ``end``), honours ``Last-Event-ID`` and can simulate a dropped connection or a
-Ctrl-C part-way through a stream. It records every request for assertions.
+**For unit tests only** (it lives under ``tests/`` and ships in no distribution).
+:class:`FakeOrchestratord` answers the ``/v2`` contract of docs/design/http-api.md through an
+``httpx.MockTransport`` (see :meth:`FakeOrchestratord.transport`), so the CLI's commands can be
+exercised through typer's ``CliRunner`` without sockets. It keeps jobs in a dict, validates
+submissions with orchestrator_core (so it answers bad input with the real codes and messages),
+scripts each job's SSE events (``queued``, ``started``, ``token``…, ``metrics``, ``end``),
+honours ``Last-Event-ID`` and can simulate a dropped connection or a Ctrl-C part-way through
+a stream. It records every request for assertions.
 
 Acceptance tests use the real daemon and a simulated pool instead.
 """
@@ -23,11 +23,10 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
-from orchestrator_core import RequestInvalid, TaskSubmitRequest, prompt_sha256
-from typer.testing import CliRunner, Result
-
 from llorch.app import app
 from llorch.session import Seams
+from orchestrator_core import RequestInvalid, TaskSubmitRequest, prompt_sha256
+from typer.testing import CliRunner, Result
 
 __all__ = ["FakeJob", "FakeOrchestratord", "invoke"]
 
