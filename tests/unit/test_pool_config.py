@@ -83,7 +83,7 @@ protocol = "grpc"
         "pool_id",
         "orchestrator_url",
         "heartbeat_interval_s",
-        "surprise: unknown field",
+        "surprise: unknown key",
         "gpus[0]: vram_bytes or vram_gb is required",
         "models.m.vram_gb",
         "models.m.protocol",
@@ -98,7 +98,7 @@ def test_unknown_placeholders_are_refused() -> None:
 
 
 def test_malformed_toml_and_missing_files() -> None:
-    with pytest.raises(ConfigInvalid, match="not valid TOML"):
+    with pytest.raises(ConfigInvalid, match="malformed TOML"):
         PoolAgentConfig.from_toml("pool_id = ", env={})
     with pytest.raises(ConfigInvalid, match="cannot read"):
         PoolAgentConfig.load("/nonexistent/pool.toml")

@@ -30,7 +30,17 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from orchestrator_core.api import MAX_STOP_SEQUENCES, SEED_MAX, ApiModel
+from orchestrator_core.api import (
+    ApiModel,
+    MaxTokens,
+    RepetitionPenalty,
+    Seed,
+    StopSequences,
+    Temperature,
+    TopK,
+    TopP,
+)
+from orchestrator_core.jobs import JobParams
 from orchestrator_core.pools import GpuInfo, PoolHeartbeat, PoolStatus, WorkerInfo
 from pydantic import ConfigDict, Field, Strict
 
@@ -75,22 +85,25 @@ def correlation_id_from(value: str | None) -> str:
 
 class ExecuteRequest(ApiModel):
     """``POST {worker}/execute``: run one job. Unknown extra fields are ignored (a newer
-    orchestrator may send more), every known field is validated."""
+    orchestrator may send more), every known field is validated. The sampling fields have
+    the types and limits of the core's :class:`~orchestrator_core.api.TaskSubmitRequest` and
+    the defaults of :class:`~orchestrator_core.jobs.JobParams`."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
     job_id: Annotated[str, Field(min_length=1, max_length=128)]
     prompt: Annotated[str, Field(min_length=1, max_length=1_000_000)]
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)]
-    temperature: Annotated[float, Strict(False), Field(ge=0.0, le=2.0)] = 0.7
-    top_p: Annotated[float, Strict(False), Field(ge=0.0, le=1.0)] = 1.0
-    top_k: Annotated[int, Field(ge=0, le=1_000_000)] = 0
-    repetition_penalty: Annotated[float, Strict(False), Field(ge=0.0, le=2.0)] = 1.0
-    stop: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=256)]],
-        Field(max_length=MAX_STOP_SEQUENCES),
-    ] = Field(default_factory=list)
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
+    max_tokens: MaxTokens
+    temperature: Annotated[Temperature, Strict(False)] = 0.7
+    top_p: Annotated[TopP, Strict(False)] = 1.0
+    top_k: TopK = 0
+    repetition_penalty: Annotated[RepetitionPenalty, Strict(False)] = 1.0
+    stop: StopSequences = Field(default_factory=list)
+    seed: Seed | None = None
+
+    def job_params(self) -> JobParams:
+        """The sampling fields as the core's :class:`~orchestrator_core.jobs.JobParams`."""
+        return JobParams.from_mapping(self.model_dump())
 
 
 class CancelRequest(ApiModel):

@@ -13,22 +13,25 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any
 
 import uvicorn
 from orchestrator_core.errors import ErrorCode, FieldError, OrchestratorError, RequestInvalid
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 from llorch_pool.protocol import CORRELATION_HEADER, correlation_id_from
 
 __all__ = [
+    "Endpoint",
+    "EndpointWithId",
     "RunningServer",
     "bind_socket",
     "error_response",
     "free_port",
+    "guarded",
     "read_json",
     "request_correlation_id",
     "serve_app",
@@ -175,3 +178,35 @@ async def read_json(request: Request) -> Mapping[str, Any]:
             [FieldError("body", ErrorCode.INVALID_REQUEST, "body: must be a JSON object")]
         )
     return data
+
+
+EndpointWithId = Callable[[Request, str], Awaitable[Response]]
+"""A handler that takes the request and its correlation id (see :func:`guarded`)."""
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+"""A Starlette endpoint."""
+
+
+def guarded(
+    handler: EndpointWithId, *, authorize: Callable[[Request], None] | None = None
+) -> Endpoint:
+    """The one error boundary of an API endpoint.
+
+    The wrapped endpoint reads the request's correlation id, runs ``authorize`` (which raises
+    an :class:`OrchestratorError` to refuse), then ``handler(request, correlation_id)``; any
+    :class:`OrchestratorError` raised on the way becomes the error envelope
+    (:func:`error_response`) carrying the correlation id.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        cid = request_correlation_id(request)
+        try:
+            if authorize is not None:
+                authorize(request)
+            return await handler(request, cid)
+        except OrchestratorError as exc:
+            return error_response(exc, cid)
+
+    endpoint.__name__ = getattr(handler, "__name__", "endpoint")
+    endpoint.__doc__ = handler.__doc__
+    return endpoint

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from orchestrator_core.errors import ErrorCode, FieldError, OrchestratorError, RequestInvalid
 from starlette.applications import Starlette
@@ -26,61 +26,70 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from llorch_pool.protocol import CORRELATION_HEADER, WorkerStartRequest, WorkerStopRequest
-from llorch_pool.serving import error_response, read_json, request_correlation_id
+from llorch_pool.agent.link import OrchestratorLink
+from llorch_pool.agent.workers import WorkerManager
+from llorch_pool.protocol import (
+    CORRELATION_HEADER,
+    PoolInventory,
+    WorkerStartRequest,
+    WorkerStopRequest,
+)
+from llorch_pool.serving import guarded, read_json
 
-if TYPE_CHECKING:
-    from llorch_pool.agent.runtime import PoolAgent
-
-__all__ = ["create_pool_app"]
+__all__ = ["PoolApiHost", "check_bearer_token", "create_pool_app"]
 
 
-def create_pool_app(agent: PoolAgent, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+class PoolApiHost(Protocol):
+    """What the pool API serves: the pool agent (:class:`~llorch_pool.agent.runtime.PoolAgent`)
+    as this module sees it, so that the agent imports the app and not the other way round."""
+
+    pool_id: str
+    api_token: str | None
+    workers: WorkerManager
+    link: OrchestratorLink | None
+
+    def inventory(self) -> PoolInventory:
+        """GPUs, workers, models and worker protocols, stamped now."""
+        ...
+
+
+def check_bearer_token(request: Request, token: str | None) -> None:
+    """Require ``Authorization: Bearer <token>`` (nothing to check when ``token`` is None):
+    raises ``UNAUTHORIZED`` without a bearer token, ``FORBIDDEN`` for a wrong one."""
+    if token is None:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise OrchestratorError("a bearer token is required", code=ErrorCode.UNAUTHORIZED)
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise OrchestratorError("the bearer token is not valid", code=ErrorCode.FORBIDDEN)
+
+
+def create_pool_app(agent: PoolApiHost, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The Starlette app of ``agent``'s API (plus ``extra_routes``, used by the simulator)."""
 
-    def check_auth(request: Request) -> None:
-        if agent.api_token is None:
-            return
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise OrchestratorError("a bearer token is required", code=ErrorCode.UNAUTHORIZED)
-        if not hmac.compare_digest(given.encode(), agent.api_token.encode()):
-            raise OrchestratorError("the bearer token is not valid", code=ErrorCode.FORBIDDEN)
+    def authorize(request: Request) -> None:
+        check_bearer_token(request, agent.api_token)
 
-    async def start(request: Request) -> Response:
-        cid = request_correlation_id(request)
-        try:
-            check_auth(request)
-            req = WorkerStartRequest.parse(await read_json(request))
-            if req.pool_id is not None and req.pool_id != agent.pool_id:
-                msg = f"pool_id: this is pool {agent.pool_id!r}, not {req.pool_id!r}"
-                raise RequestInvalid([FieldError("pool_id", ErrorCode.INVALID_PARAMETER, msg)])
-            worker = agent.workers.start_worker(req.model_ref, req.gpu_id)
-        except OrchestratorError as exc:
-            return error_response(exc, cid)
+    async def start(request: Request, cid: str) -> Response:
+        req = WorkerStartRequest.parse(await read_json(request))
+        if req.pool_id is not None and req.pool_id != agent.pool_id:
+            msg = f"pool_id: this is pool {agent.pool_id!r}, not {req.pool_id!r}"
+            raise RequestInvalid([FieldError("pool_id", ErrorCode.INVALID_PARAMETER, msg)])
+        worker = agent.workers.start_worker(req.model_ref, req.gpu_id)
         return JSONResponse(
             {"worker_id": worker.worker_id}, status_code=202, headers={CORRELATION_HEADER: cid}
         )
 
-    async def stop(request: Request) -> Response:
-        cid = request_correlation_id(request)
-        try:
-            check_auth(request)
-            req = WorkerStopRequest.parse(await read_json(request))
-            await agent.workers.stop_worker(req.worker_id)
-        except OrchestratorError as exc:
-            return error_response(exc, cid)
+    async def stop(request: Request, cid: str) -> Response:
+        req = WorkerStopRequest.parse(await read_json(request))
+        await agent.workers.stop_worker(req.worker_id)
         return JSONResponse(
             {"worker_id": req.worker_id}, status_code=202, headers={CORRELATION_HEADER: cid}
         )
 
-    async def inventory(request: Request) -> Response:
-        cid = request_correlation_id(request)
-        try:
-            check_auth(request)
-        except OrchestratorError as exc:
-            return error_response(exc, cid)
+    async def inventory(request: Request, cid: str) -> Response:
         return JSONResponse(agent.inventory().to_json(), headers={CORRELATION_HEADER: cid})
 
     async def health(request: Request) -> Response:
@@ -96,9 +105,9 @@ def create_pool_app(agent: PoolAgent, extra_routes: Sequence[BaseRoute] = ()) ->
         return JSONResponse(body)
 
     routes: list[BaseRoute] = [
-        Route("/v2/workers/start", start, methods=["POST"]),
-        Route("/v2/workers/stop", stop, methods=["POST"]),
-        Route("/v2/inventory", inventory, methods=["GET"]),
+        Route("/v2/workers/start", guarded(start, authorize=authorize), methods=["POST"]),
+        Route("/v2/workers/stop", guarded(stop, authorize=authorize), methods=["POST"]),
+        Route("/v2/inventory", guarded(inventory, authorize=authorize), methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         *extra_routes,
     ]

@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import os
 import shlex
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from orchestrator_core.api import field_error
+from orchestrator_core.config import config_problems, parse_toml, read_toml
 from orchestrator_core.errors import ConfigInvalid
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -259,8 +258,7 @@ class PoolAgentConfig(_Section):
         try:
             config = cls.model_validate(dict(data))
         except ValidationError as exc:
-            problems = [field_error(cls, e).message for e in exc.errors()]
-            raise ConfigInvalid(problems, source=source) from None
+            raise ConfigInvalid(config_problems(exc, cls), source=source) from None
         env = os.environ if env is None else env
         if config.token is None and config.token_env and env.get(config.token_env):
             config = config.model_copy(update={"token": env[config.token_env]})
@@ -270,22 +268,15 @@ class PoolAgentConfig(_Section):
     def from_toml(
         cls, text: str, *, source: str | None = None, env: Mapping[str, str] | None = None
     ) -> PoolAgentConfig:
-        """Parse TOML text (see :meth:`from_mapping`)."""
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigInvalid([f"not valid TOML: {exc}"], source=source) from None
-        return cls.from_mapping(data, source=source, env=env)
+        """Parse TOML text (see :meth:`from_mapping`); malformed TOML is reported with its
+        line and column (:func:`orchestrator_core.config.parse_toml`)."""
+        return cls.from_mapping(parse_toml(text, source=source), source=source, env=env)
 
     @classmethod
     def load(cls, path: str | Path, *, env: Mapping[str, str] | None = None) -> PoolAgentConfig:
-        """Read and parse the TOML file at ``path``."""
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigInvalid([f"cannot read: {exc.strerror}"], source=str(p)) from None
-        return cls.from_toml(text, source=str(p), env=env)
+        """Read and parse the TOML file at ``path``
+        (:func:`orchestrator_core.config.read_toml`)."""
+        return cls.from_mapping(read_toml(path), source=str(Path(path)), env=env)
 
     @property
     def endpoint(self) -> str | None:

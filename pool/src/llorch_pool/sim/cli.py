@@ -25,7 +25,7 @@ from orchestrator_core.errors import RequestInvalid
 from llorch_pool import __version__
 from llorch_pool._running import configure_logging, run_until_signal
 from llorch_pool.protocol import WorkerProtocol
-from llorch_pool.serving import serve_app
+from llorch_pool.serving import bind_socket, serve_app
 from llorch_pool.sim.engine import EngineFaults, SimEngineConfig, SimulatedEngine
 from llorch_pool.sim.pool import SimPoolFaults, SimulatedPool, parse_models
 
@@ -112,8 +112,6 @@ def _faults(args: argparse.Namespace) -> EngineFaults:
 async def _run_engine(args: argparse.Namespace) -> None:
     def crash() -> None:
         os._exit(CRASH_EXIT_CODE)  # a crashed engine: no cleanup, connections dropped
-
-    from llorch_pool.serving import bind_socket
 
     # Bind first so that the worker id can name the real port.
     probe = bind_socket(args.host, args.port)

@@ -36,8 +36,9 @@ from typing import Annotated, Any, Literal
 
 from orchestrator_core.api import ApiModel
 from orchestrator_core.errors import ErrorCode, OrchestratorError, RequestInvalid
+from orchestrator_core.jobs import JobParams
 from orchestrator_core.sse import encode_data, encode_event
-from pydantic import ConfigDict, Field, Strict, ValidationError
+from pydantic import ConfigDict, Field, Strict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -50,7 +51,7 @@ from llorch_pool.protocol import (
     CancelRequest,
     ExecuteRequest,
 )
-from llorch_pool.serving import error_response, read_json, request_correlation_id
+from llorch_pool.serving import error_response, guarded, read_json
 from llorch_pool.sim.tokens import StopScanner, TokenSource
 
 __all__ = [
@@ -144,17 +145,16 @@ class OpenAiCompletionRequest(ApiModel):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
+    def job_params(self) -> JobParams:
+        """The sampling fields as the core's :class:`~orchestrator_core.jobs.JobParams`."""
+        return JobParams.from_mapping(self.model_dump() | {"stop": self.stop_list()})
+
 
 @dataclass(eq=False)
 class _Job:
     job_id: str
     prompt: str
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    stop: list[str]
-    seed: int | None
+    params: JobParams
     started: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     disconnected: bool = False
@@ -269,8 +269,8 @@ class SimulatedEngine:
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
         self.app = Starlette(
             routes=[
-                Route("/execute", self._execute, methods=["POST"]),
-                Route("/cancel", self._cancel, methods=["POST"]),
+                Route("/execute", guarded(self._execute), methods=["POST"]),
+                Route("/cancel", guarded(self._cancel), methods=["POST"]),
                 Route("/health", self._health, methods=["GET"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/v1/completions", self._completions, methods=["POST"]),
@@ -385,15 +385,16 @@ class SimulatedEngine:
         ``completed``, ``cancelled``, ``gone`` (client left), ``failed`` (engine error
         fault) or ``hung-cancelled``. Raises :class:`_Crash` for a crash fault."""
         cfg = self.config
+        params = job.params
         source = TokenSource(
             job.prompt,
-            seed=job.seed,
-            temperature=job.temperature,
-            top_p=job.top_p,
-            top_k=job.top_k,
+            seed=params.seed,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
             eos_probability=cfg.eos_probability,
         )
-        scanner = StopScanner(job.stop)
+        scanner = StopScanner(list(params.stop))
         first_due = job.started + cfg.ttft_s
         gap = 1.0 / cfg.tokens_per_s if cfg.tokens_per_s > 0 else 0.0
         generated = 0
@@ -414,7 +415,7 @@ class SimulatedEngine:
                 "tokens_per_s": round(rate, 3),
             }
 
-        for n in range(job.max_tokens):
+        for n in range(params.max_tokens):
             faults = self.faults
             if faults.crash_after_tokens == n:
                 self._crash()
@@ -455,23 +456,10 @@ class SimulatedEngine:
 
     # -- native worker protocol ----------------------------------------------------------
 
-    async def _execute(self, request: Request) -> Response:
-        cid = request_correlation_id(request)
-        try:
-            req = ExecuteRequest.parse(await read_json(request))
-            job = _Job(
-                job_id=req.job_id,
-                prompt=req.prompt,
-                max_tokens=req.max_tokens,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                top_k=req.top_k,
-                stop=list(req.stop),
-                seed=req.seed,
-            )
-            self._admit(job)
-        except OrchestratorError as exc:
-            return error_response(exc, cid)
+    async def _execute(self, request: Request, cid: str) -> Response:
+        req = ExecuteRequest.parse(await read_json(request))
+        job = _Job(req.job_id, req.prompt, req.job_params())
+        self._admit(job)
         outcome = ["gone"]
 
         async def produce(job: _Job, emit: Emit) -> None:
@@ -506,12 +494,8 @@ class SimulatedEngine:
         headers = {CORRELATION_HEADER: cid, "Cache-Control": "no-cache"}
         return _EventStream(job, produce, headers, on_done)
 
-    async def _cancel(self, request: Request) -> Response:
-        cid = request_correlation_id(request)
-        try:
-            req = CancelRequest.parse(await read_json(request))
-        except OrchestratorError as exc:
-            return error_response(exc, cid)
+    async def _cancel(self, request: Request, cid: str) -> Response:
+        req = CancelRequest.parse(await read_json(request))
         running = self.cancel(req.job_id)
         return JSONResponse(
             {"job_id": req.job_id, "cancelled": running},
@@ -534,25 +518,11 @@ class SimulatedEngine:
 
     async def _completions(self, request: Request) -> Response:
         try:
-            body = await read_json(request)
-            req = OpenAiCompletionRequest.model_validate(dict(body))
+            req = OpenAiCompletionRequest.parse(await read_json(request))
         except RequestInvalid as exc:
             return _openai_error(exc.message, "invalid_request_error", 400)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            return _openai_error(f"{where}: {first['msg']}", "invalid_request_error", 400)
         cmpl_id = f"cmpl-{uuid.uuid4().hex}"
-        job = _Job(
-            job_id=cmpl_id,
-            prompt=req.prompt_text(),
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            stop=req.stop_list(),
-            seed=req.seed,
-        )
+        job = _Job(cmpl_id, req.prompt_text(), req.job_params())
         try:
             self._admit(job)
         except OrchestratorError as exc:

@@ -34,6 +34,7 @@ from starlette.routing import Route
 from llorch_pool.agent.launcher import LaunchSpec, ModelSpec
 from llorch_pool.agent.runtime import PoolAgent
 from llorch_pool.agent.workers import GpuSpec
+from llorch_pool.errors import WorkerNotFound
 from llorch_pool.protocol import WorkerProtocol
 from llorch_pool.serving import RunningServer, error_response, read_json, serve_app
 from llorch_pool.sim.engine import EngineFaults, SimEngineConfig, SimulatedEngine
@@ -322,7 +323,5 @@ class SimulatedPool(PoolAgent):
         try:
             self.crash_worker(worker_id)
         except KeyError:
-            from llorch_pool.errors import WorkerNotFound
-
             return error_response(WorkerNotFound(worker_id))
         return JSONResponse({"worker_id": worker_id, "crashed": True}, status_code=202)
