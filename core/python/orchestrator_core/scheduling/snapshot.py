@@ -4,20 +4,37 @@ A snapshot is a thin view over :class:`~orchestrator_core.scheduling.state.Clust
 at a given ``now``: making one copies nothing. It is valid until the state changes; any
 read after that raises :class:`SnapshotStale` (decide, then apply, then take a new one).
 
-For a Rhai policy, :meth:`SchedulingSnapshot.to_ctx` builds the ``ctx`` map of
-RHAI_RUNTIME.md: the queue windowed to the first ``window`` jobs of each order class (with
-counts in ``queue_info``), pools with GPUs and workers, the catalog, tenants, metrics, a
-config summary and ``now`` — times in Unix milliseconds.
+It is the one read API of the state for whoever decides: the built-in scheduler, the
+validator, the Rhai ``ctx`` builder and tools. Besides frozen views (:meth:`worker`,
+:meth:`pool`, :meth:`gpu`, :meth:`tenant`...) it offers the planners' reads, which walk the
+state's indexes without copying them:
+
+* demand: :meth:`dispatchable_models`, :meth:`cold_models`, :meth:`scaling_models` (models
+  keyed by their best queued job), :meth:`tenant_heads` and :meth:`tenant_jobs` (a model's
+  queued jobs per tenant), :meth:`model_queued`, :meth:`model_demand`;
+* fleet: :meth:`free_worker_lists` (a model's free workers by placement key),
+  :meth:`gpu_runs` (GPUs sorted by free, reclaimable or drainable VRAM), :meth:`largest_gpu`,
+  the records :meth:`worker_record` and :meth:`gpu_record` (read-only), and the VRAM rules
+  :meth:`worker_vram`, :meth:`worker_share`, :meth:`worker_gpu_free`.
+
+Sorted sequences it returns are live: read them during the decision, never change them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator_core.errors import ErrorCode, OrchestratorError
 from orchestrator_core.jobs import Priority
 from orchestrator_core.pools import PoolStatus
 from orchestrator_core.scheduling.catalog import ModelInfo
+from orchestrator_core.scheduling.ctx import CtxCache, build_ctx
+from orchestrator_core.scheduling.gpu_index import GpuSort
+from orchestrator_core.scheduling.indexes import SortedSeq
+from orchestrator_core.scheduling.placement import Placement
+from orchestrator_core.scheduling.records import GpuRecord, WorkerRecord
 from orchestrator_core.scheduling.views import (
     GpuView,
     PoolView,
@@ -27,9 +44,13 @@ from orchestrator_core.scheduling.views import (
 )
 
 if TYPE_CHECKING:
-    from orchestrator_core.scheduling.state import ClusterState, _Pool
+    from orchestrator_core.config import OrchestratorConfig
+    from orchestrator_core.scheduling.demand_index import DemandIndex
+    from orchestrator_core.scheduling.fleet_index import FleetIndex
+    from orchestrator_core.scheduling.queue_index import QueueIndex
+    from orchestrator_core.scheduling.state import ClusterState
 
-__all__ = ["SchedulingSnapshot", "SnapshotStale"]
+__all__ = ["SchedulingSnapshot", "SnapshotStale", "StateParts"]
 
 
 class SnapshotStale(OrchestratorError):
@@ -41,17 +62,25 @@ class SnapshotStale(OrchestratorError):
         super().__init__("the cluster state changed after this snapshot was taken")
 
 
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1000)
+@dataclass(frozen=True, slots=True)
+class StateParts:
+    """The state's indexes a snapshot reads (handed over by the state that makes it)."""
+
+    queue: QueueIndex
+    demand: DemandIndex
+    fleet: FleetIndex
+    ctx_cache: CtxCache
 
 
 class SchedulingSnapshot:
-    """A read-only view of the cluster at ``now`` (Unix seconds). Cheap to make."""
+    """A read-only view of the cluster at ``now`` (Unix seconds). Cheap to make; every read
+    raises :class:`SnapshotStale` once the state has changed."""
 
-    __slots__ = ("_state", "now", "version")
+    __slots__ = ("_parts", "_state", "now", "version")
 
-    def __init__(self, state: ClusterState, now: float) -> None:
+    def __init__(self, state: ClusterState, now: float, parts: StateParts) -> None:
         self._state = state
+        self._parts = parts
         self.now = now
         self.version = state.version
 
@@ -60,103 +89,310 @@ class SchedulingSnapshot:
         """True once the state changed after the snapshot was taken."""
         return self._state.version != self.version
 
-    def _fresh(self) -> ClusterState:
+    def _check(self) -> None:
         if self._state.version != self.version:
             raise SnapshotStale()
-        return self._state
 
     # -- what the state is indexed by --------------------------------------------------------
 
     @property
     def order_name(self) -> str:
         """Name of the queue order the jobs are sorted by."""
-        return self._fresh().order.name
+        self._check()
+        return self._state.order.name
 
     @property
     def placement_name(self) -> str:
         """Name of the placement the free workers are sorted by."""
-        return self._fresh().placement.name
+        self._check()
+        return self._state.placement.name
+
+    @property
+    def placement(self) -> Placement:
+        """The placement plugin the free workers are sorted by (for re-keying a worker)."""
+        self._check()
+        return self._state.placement
 
     @property
     def enforce_quotas(self) -> bool:
         """Whether tenants' ``max_running`` quotas apply."""
-        return self._fresh().enforce_quotas
+        self._check()
+        return self._state.enforce_quotas
 
     @property
     def quota_action(self) -> str:
         """``wait`` or ``reject`` for a tenant at its quota."""
-        return self._fresh().quota_action
+        self._check()
+        return self._state.quota_action
 
-    # -- jobs ---------------------------------------------------------------------------------
+    @property
+    def config(self) -> OrchestratorConfig | None:
+        """The configuration the state was built from, if any."""
+        self._check()
+        return self._state.config
+
+    @property
+    def dispatch_seq(self) -> int:
+        """The state's dispatch sequence number (the last dispatch's; round-robin keys)."""
+        self._check()
+        return self._parts.fleet.dispatch_seq
+
+    # -- jobs -----------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> QueuedJob | None:
         """The queued job with this id, or ``None`` (also for running jobs)."""
-        return self._fresh().get_job(job_id)
+        self._check()
+        return self._parts.queue.get(job_id)
 
     def is_running(self, job_id: str) -> bool:
         """Whether the job was dispatched and has not finished."""
-        return self._fresh().is_running(job_id)
+        self._check()
+        return self._state.is_running(job_id)
+
+    def running_worker(self, job_id: str) -> str | None:
+        """The worker a running job was dispatched to, or ``None``."""
+        self._check()
+        return self._state.running_worker(job_id)
 
     def jobs(self, limit: int | None = None, *, cls: int | None = None) -> list[QueuedJob]:
         """The first ``limit`` queued jobs in queue order (of one order class if given)."""
-        return self._fresh().ordered_jobs(limit, cls=cls)
+        self._check()
+        return self._parts.queue.ordered(limit, cls=cls)
 
     def queued_count(self, priority: Priority | None = None) -> int:
         """Queued jobs, in total or of one submitted priority."""
-        return self._fresh().queued_count(priority)
+        self._check()
+        return self._parts.queue.count(priority)
+
+    def class_count(self, cls: int) -> int:
+        """Queued jobs in order class ``cls`` (0 includes promoted batch jobs)."""
+        self._check()
+        return self._parts.queue.class_count(cls)
+
+    def mean_queued_at(self) -> float:
+        """Mean ``queued_at`` of the queued jobs (0 when empty)."""
+        self._check()
+        return self._parts.queue.mean_queued_at()
 
     def position(self, job_id: str) -> int:
         """Jobs ahead of ``job_id`` in queue order."""
-        return self._fresh().position(job_id)
+        self._check()
+        return self._parts.queue.position(job_id)
 
-    # -- fleet --------------------------------------------------------------------------------
+    # -- demand (planners) ------------------------------------------------------------------------
 
-    def worker(self, worker_id: str) -> WorkerView | None:
-        """One worker (effective status), or ``None``."""
-        return self._fresh().worker_view(worker_id)
+    def dispatchable_models(self, cls: int) -> SortedSeq:
+        """Models with a queued job of class ``cls`` and a free worker, best job first:
+        ``((tag, seq) of the model's best job, model_ref)``."""
+        self._check()
+        return self._parts.demand.dispatchable(cls)
 
-    def pool(self, pool_id: str) -> PoolView | None:
-        """One pool, or ``None``."""
-        return self._fresh().pool_view(pool_id)
+    def cold_models(self, cls: int) -> SortedSeq:
+        """Models with a queued job of class ``cls`` and no live worker, as
+        :meth:`dispatchable_models`."""
+        self._check()
+        return self._parts.demand.cold(cls)
 
-    def gpu(self, pool_id: str, gpu_id: str) -> GpuView | None:
-        """One GPU of a pool, or ``None``."""
-        return self._fresh().gpu_view(pool_id, gpu_id)
+    def scaling_models(self, cls: int) -> SortedSeq:
+        """Models with a queued job of class ``cls`` and more queued jobs than live worker
+        slots, as :meth:`dispatchable_models`."""
+        self._check()
+        return self._parts.demand.scaling(cls)
 
-    def free_workers(self, model_ref: str, limit: int = 10) -> list[WorkerView]:
-        """Workers of a model with a free slot, best first for the placement."""
-        return self._fresh().free_workers(model_ref, limit)
+    def tenant_heads(self, model_ref: str, cls: int) -> SortedSeq:
+        """The head job of each tenant with jobs of a model in class ``cls`` (parked tenants
+        excluded): ``((tag, seq), tenant)``, best first."""
+        self._check()
+        return self._parts.demand.heads(model_ref, cls)
 
-    def live_slots(self, model_ref: str) -> int:
-        """Slots of ready, busy and starting workers of a model (pools not offline)."""
-        return self._fresh().live_slots(model_ref)
+    def tenant_jobs(self, model_ref: str, tenant: str, cls: int) -> SortedSeq:
+        """A tenant's queued jobs of a model in class ``cls``: ``(tag, seq, job_id)``."""
+        self._check()
+        return self._parts.demand.tenant_jobs(model_ref, tenant, cls)
 
-    def pool_can_load(self, pool_id: str, model_ref: str) -> bool:
-        """Whether a pool can start workers of a model."""
-        return self._fresh().pool_can_load(pool_id, model_ref)
+    def model_tenants(self, model_ref: str) -> list[str]:
+        """Tenants with queued jobs of a model (``""``: no tenant), first arrival first."""
+        self._check()
+        return self._parts.demand.model_tenants(model_ref)
 
-    # -- catalog and tenants --------------------------------------------------------------------
+    def model_queued(self, model_ref: str) -> int:
+        """Queued jobs of a (canonical) model."""
+        self._check()
+        return self._parts.demand.queued(model_ref)
 
-    def resolve_model(self, name: str) -> str:
-        """Canonical ref of a model ref or alias."""
-        return self._fresh().resolve_model(name)
-
-    def model(self, name: str) -> ModelInfo | None:
-        """The model (ref or alias) with its VRAM need, or ``None`` if nothing knows it."""
-        return self._fresh().model_info(name)
-
-    def model_vram(self, name: str) -> int:
-        """VRAM a worker of the model needs (0 = unknown)."""
-        return self._fresh().model_vram(name)
+    def model_demand(self, model_ref: str) -> int:
+        """Queued jobs of a (canonical) model whose tenant is not parked at its quota."""
+        self._check()
+        return self._parts.demand.demand(model_ref)
 
     def tenant(self, tenant_id: str) -> TenantView:
         """A tenant's weight, quotas and usage."""
-        return self._fresh().tenant_view(tenant_id)
+        self._check()
+        return self._parts.demand.tenant_view(tenant_id)
+
+    def tenant_ids(self) -> list[str]:
+        """Configured tenants and tenants with queued or running jobs, sorted."""
+        self._check()
+        return self._parts.demand.tenant_ids()
+
+    # -- fleet: views ---------------------------------------------------------------------------
+
+    def worker(self, worker_id: str) -> WorkerView | None:
+        """One worker (effective status), or ``None``."""
+        self._check()
+        return self._state.worker_view(worker_id)
+
+    def pool(self, pool_id: str) -> PoolView | None:
+        """One pool, or ``None``."""
+        self._check()
+        return self._state.pool_view(pool_id)
+
+    def gpu(self, pool_id: str, gpu_id: str) -> GpuView | None:
+        """One GPU of a pool, or ``None``."""
+        self._check()
+        return self._state.gpu_view(pool_id, gpu_id)
+
+    def pool_ids(self) -> list[str]:
+        """Every pool id, sorted."""
+        self._check()
+        return sorted(self._parts.fleet.pools)
+
+    def pool_revision(self, pool_id: str) -> int | None:
+        """A number that changes whenever anything in the pool's :meth:`pool`, :meth:`gpu`
+        or :meth:`worker` views may have (``None``: unknown pool)."""
+        self._check()
+        rec = self._parts.fleet.pools.get(pool_id)
+        return None if rec is None else rec.version
+
+    def free_workers(self, model_ref: str, limit: int = 10) -> list[WorkerView]:
+        """Workers of a model with a free slot, best first for the placement."""
+        self._check()
+        return self._state.free_workers(model_ref, limit)
+
+    def live_slots(self, model_ref: str) -> int:
+        """Slots of ready, busy and starting workers of a model (pools not offline)."""
+        self._check()
+        return self._state.live_slots(model_ref)
+
+    def pool_can_load(self, pool_id: str, model_ref: str) -> bool:
+        """Whether a pool can start workers of a model."""
+        self._check()
+        return self._state.pool_can_load(pool_id, model_ref)
+
+    def workers_by_status(self) -> dict[str, int]:
+        """Workers by effective status."""
+        self._check()
+        return self._state.status_counts()
+
+    def pools_by_status(self) -> dict[str, int]:
+        """Pools by status."""
+        self._check()
+        return self._state.pools_by_status()
+
+    # -- fleet: records and indexes (planners) -------------------------------------------------
+
+    def worker_record(self, worker_id: str) -> WorkerRecord | None:
+        """The state's record of a worker (read it, never change it), or ``None``."""
+        self._check()
+        return self._parts.fleet.workers.get(worker_id)
+
+    def gpu_record(self, pool_id: str, gpu_id: str) -> GpuRecord | None:
+        """The state's record of a GPU (read it, never change it), or ``None``."""
+        self._check()
+        rec = self._parts.fleet.pools.get(pool_id)
+        return None if rec is None else rec.gpus.get(gpu_id)
+
+    def free_worker_lists(self, model_ref: str) -> tuple[SortedSeq, SortedSeq] | None:
+        """A (canonical) model's workers with a free slot, on online pools and on degraded
+        ones: ``(placement key, worker_id)``, best first; ``None`` if it never had one."""
+        self._check()
+        return self._parts.fleet.counts.free_lists(model_ref)
+
+    def free_worker_count(self, model_ref: str) -> int:
+        """Workers of a (canonical) model with a free slot."""
+        self._check()
+        return self._parts.fleet.counts.free_count(model_ref)
+
+    def worker_vram(self, worker: WorkerRecord) -> int:
+        """VRAM a worker holds: its own report, else its model's figure."""
+        self._check()
+        return self._parts.fleet.counts.vram(worker)
+
+    def worker_share(self, worker: WorkerRecord) -> int:
+        """VRAM a worker holds on each of its GPUs
+        (:func:`~orchestrator_core.scheduling.views.vram_share`)."""
+        self._check()
+        return self._parts.fleet.counts.share(worker)
+
+    def worker_gpu_free(self, worker: WorkerRecord) -> int:
+        """Free VRAM of a worker's GPUs (what placements weigh)."""
+        self._check()
+        return self._parts.fleet.counts.gpu_free_of(worker)
+
+    def gpu_runs(
+        self, model_ref: str, status: PoolStatus, by: GpuSort, at_least: int
+    ) -> list[Iterator[tuple[int, str, str]]]:
+        """GPUs of pools in ``status`` that can load ``model_ref``, one ascending run per
+        group of interchangeable GPUs: ``(bytes, pool_id, gpu_id)`` sorted ``by`` free VRAM,
+        VRAM free once idle workers are evicted (``reclaimable``) or once ready and busy
+        workers stop (``drainable``), from the first with ``at_least`` bytes."""
+        self._check()
+        return self._parts.fleet.counts.gpus.runs(model_ref, status, by, at_least)
+
+    def largest_gpu(
+        self, model_ref: str | None = None, statuses: Collection[PoolStatus] | None = None
+    ) -> int | None:
+        """Total VRAM of the largest GPU of a pool in ``statuses`` (default: any) that can
+        load ``model_ref`` (default: any); ``None`` if there is none."""
+        self._check()
+        return self._parts.fleet.counts.gpus.largest(model_ref, statuses)
+
+    def pool_count(self) -> int:
+        """Registered pools."""
+        self._check()
+        return len(self._parts.fleet.pools)
+
+    def could_ever_fit(self, model_ref: str) -> bool | None:
+        """Whether a registered pool could ever host the model (``None``: no GPU known)."""
+        self._check()
+        return self._state.could_ever_fit(model_ref)
+
+    # -- catalog --------------------------------------------------------------------------------
+
+    def resolve_model(self, name: str) -> str:
+        """Canonical ref of a model ref or alias."""
+        self._check()
+        return self._state.resolve_model(name)
+
+    def model(self, name: str) -> ModelInfo | None:
+        """The model (ref or alias) with its VRAM need, or ``None`` if nothing knows it."""
+        self._check()
+        return self._state.model_info(name)
+
+    def model_known(self, name: str) -> bool:
+        """Whether the catalog, a pool or a worker knows the model."""
+        self._check()
+        return self._state.model_known(name)
+
+    def model_vram(self, name: str) -> int:
+        """VRAM a worker of the model needs (0 = unknown)."""
+        self._check()
+        return self._state.model_vram(name)
+
+    def model_names(self) -> list[str]:
+        """Every model the catalog, the pools or the workers know, sorted."""
+        self._check()
+        return self._state.known_models()
+
+    def model_aliases(self) -> dict[str, str]:
+        """The catalog's aliases: alias -> model ref."""
+        self._check()
+        return self._state.catalog.aliases()
 
     # -- Rhai ctx -------------------------------------------------------------------------------
 
     def to_ctx(self, window: int | None = None) -> dict[str, Any]:
-        """The Rhai ``ctx`` map (RHAI_RUNTIME.md). Times are Unix milliseconds.
+        """The Rhai ``ctx`` map (docs/design/rhai-policies.md). Times are Unix milliseconds.
 
         ``queue`` holds at most ``window`` jobs of each order class (class 0: interactive and
         promoted batch; class 1: batch), in queue order; ``queue_info`` says how many there
@@ -165,194 +401,5 @@ class SchedulingSnapshot:
         GPUs + workers); each pool's map is cached until that pool changes, so the returned
         structure shares sub-maps between calls: treat it as read-only.
         """
-        state = self._fresh()
-        config = _config_of(state)
-        if window is None:
-            window = config.scheduler.snapshot_window
-        if window < 0:
-            raise ValueError(f"window: must be >= 0, got {window}")
-        now_ms = _ms(self.now) or 0
-        queue: list[dict[str, Any]] = []
-        for cls in (0, 1):
-            for qj in state.ordered_jobs(window, cls=cls):
-                queue.append(self._job_map(qj, len(queue)))
-        class0, class1 = state.class_count(0), state.class_count(1)
-        interactive = state.queued_count(Priority.INTERACTIVE)
-        batch = state.queued_count(Priority.BATCH)
-        total = len(state)
-        pools: list[dict[str, Any]] = []
-        vram_total = vram_free = 0
-        for rec in sorted(state.iter_pools(), key=lambda p: p.pool_id):
-            pmap = state_pool_map(state, rec)
-            pools.append(
-                {**pmap, "heartbeat_age_ms": max(0, now_ms - (_ms(rec.last_heartbeat) or 0))}
-            )
-            if rec.status is not PoolStatus.OFFLINE:
-                vram_total += pmap["vram_total_bytes"]
-                vram_free += pmap["vram_free_bytes"]
-        catalog: dict[str, Any] = {"models": {}, "aliases": state.catalog.aliases()}
-        for ref in state.known_models():
-            info = state.model_info(ref)
-            if info is not None:
-                catalog["models"][ref] = info.to_ctx()
-        tenants = {}
-        for tid in state.tenant_ids():
-            t = state.tenant_view(tid)
-            tenants[tid] = {
-                "tenant_id": tid,
-                "weight": t.weight,
-                "max_queued": t.max_queued,
-                "max_running": t.max_running,
-                "queued": t.queued,
-                "running": t.running,
-                "at_quota": state.enforce_quotas and t.at_running_quota,
-            }
-        avg_wait = 0 if total == 0 else max(0, round(1000 * (self.now - state.mean_queued_at())))
-        return {
-            "now": now_ms,
-            "queue": queue,
-            "queue_info": {
-                "window": window,
-                "total": total,
-                "interactive": interactive,
-                "batch": batch,
-                "class0": class0,
-                "class1": class1,
-                "shown": len(queue),
-                "truncated": len(queue) < total,
-                "ordering": state.order.name,
-            },
-            "pools": pools,
-            "catalog": catalog,
-            "tenants": tenants,
-            "metrics": {
-                "queue_depth": {"interactive": interactive, "batch": batch},
-                "queue_total": total,
-                "workers_by_status": state.status_counts(),
-                "pools_by_status": state.pools_by_status(),
-                "vram_total_bytes": vram_total,
-                "vram_free_bytes": vram_free,
-                "avg_wait_ms": avg_wait,
-            },
-            "config": _config_summary(state),
-        }
-
-    def _job_map(self, qj: QueuedJob, position: int) -> dict[str, Any]:
-        job = qj.job
-        return {
-            "id": qj.job_id,
-            "tenant_id": qj.tenant_id,
-            "session_id": qj.session_id,
-            "priority": str(qj.priority),
-            "promoted": qj.promoted,
-            "position": position,
-            "model_ref": qj.model_ref,
-            "requested_model": job.model_ref,
-            "prompt_hash": job.prompt_hash,
-            "max_tokens": job.params.max_tokens,
-            "seed": job.params.seed,
-            "temperature": job.params.temperature,
-            "created_at": _ms(qj.created_at),
-            "queued_at": _ms(qj.queued_at),
-            "wait_time_ms": max(0, round(1000 * (self.now - qj.queued_at))),
-            "retry_count": job.attempts,
-            "estimated_vram_bytes": self._state.model_vram(qj.model_ref),
-        }
-
-
-def state_pool_map(state: ClusterState, rec: _Pool) -> dict[str, Any]:
-    """The ctx map of one pool without its heartbeat age, cached per pool version."""
-    cached = state._ctx_cache.get(rec.pool_id)
-    if cached is not None and cached[0] == rec.version:
-        return cached[1]
-    gpus = []
-    total = free = 0
-    for gid in sorted(rec.gpus):
-        g = state.gpu_view(rec.pool_id, gid)
-        assert g is not None
-        total += g.vram_total_bytes
-        free += g.vram_free_bytes
-        gpus.append(
-            {
-                "id": g.gpu_id,
-                "name": g.name,
-                "vram_total_bytes": g.vram_total_bytes,
-                "vram_allocated_bytes": g.vram_allocated_bytes,
-                "vram_free_bytes": g.vram_free_bytes,
-                "utilization": g.utilization,
-                "worker_ids": list(g.worker_ids),
-            }
-        )
-    workers = []
-    for wid in sorted(rec.workers):
-        w = state.worker_view(wid)
-        if w is None:
-            continue
-        workers.append(
-            {
-                "id": w.worker_id,
-                "pool_id": w.pool_id,
-                "status": str(w.status),
-                "model_ref": w.model_ref,
-                "gpu_ids": list(w.gpu_ids),
-                "vram_bytes": w.vram_bytes,
-                "uri": w.uri,
-                "current_job_id": w.current_job_id,
-                "last_used_ms": _ms(w.last_used_at),
-                "jobs_completed": w.jobs_completed,
-                "active_jobs": w.active_jobs,
-                "max_concurrency": w.max_concurrency,
-                "free_slots": w.free_slots,
-                "pending": w.pending,
-            }
-        )
-    pmap = {
-        "id": rec.pool_id,
-        "endpoint": rec.endpoint,
-        "status": str(rec.status),
-        "capabilities": list(rec.capabilities),
-        "last_heartbeat_ms": _ms(rec.last_heartbeat),
-        "gpus": gpus,
-        "workers": workers,
-        "cached_models": sorted(rec.models),
-        "vram_total_bytes": total,
-        "vram_free_bytes": free,
-    }
-    state._ctx_cache[rec.pool_id] = (rec.version, pmap)
-    return pmap
-
-
-def _config_of(state: ClusterState) -> Any:
-    if state.config is not None:
-        return state.config
-    from orchestrator_core.config import OrchestratorConfig
-
-    return OrchestratorConfig()
-
-
-def _config_summary(state: ClusterState) -> dict[str, Any]:
-    c = _config_of(state)
-    return {
-        "mode": c.mode,
-        "queue": {
-            "capacity": c.queue.capacity,
-            "full_policy": c.queue.full_policy,
-            "promote_after_s": c.queue.promote_after_s,
-            "fairness": c.queue.fairness,
-        },
-        "scheduler": {
-            "policy": c.scheduler.policy,
-            "placement": state.placement.name,
-            "ordering": state.order.name,
-            "quota_action": state.quota_action,
-            "enforce_quotas": state.enforce_quotas,
-            "snapshot_window": c.scheduler.snapshot_window,
-        },
-        "timeout": {"default_s": c.timeout.default_s, "max_s": c.timeout.max_s},
-        "retry": {
-            "max_attempts": c.retry.max_attempts,
-            "base_delay_s": c.retry.base_delay_s,
-            "max_delay_s": c.retry.max_delay_s,
-        },
-        "eviction": {"policy": c.eviction.policy, "min_idle_s": c.eviction.min_idle_s},
-    }
+        self._check()
+        return build_ctx(self, window, self._parts.ctx_cache)

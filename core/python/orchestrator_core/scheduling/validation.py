@@ -83,7 +83,6 @@ class _Checker:
 
     def __init__(self, snapshot: SchedulingSnapshot, batched: bool) -> None:
         self.snap = snapshot
-        self.state = snapshot._fresh()
         self.batched = batched
         self.jobs_used: set[str] = set()
         self.slots_used: Counter[str] = Counter()
@@ -103,8 +102,8 @@ class _Checker:
         if job_id in self.jobs_used:
             self.refuse(RefusalCode.DUPLICATE_JOB, f"job {job_id} is already used", "job_id")
             return False
-        if self.state.get_job(job_id) is None:
-            if self.state.is_running(job_id):
+        if self.snap.job(job_id) is None:
+            if self.snap.is_running(job_id):
                 self.refuse(RefusalCode.JOB_NOT_QUEUED, f"job {job_id} is running", "job_id")
             else:
                 self.refuse(RefusalCode.UNKNOWN_JOB, f"no queued job {job_id}", "job_id")
@@ -114,7 +113,7 @@ class _Checker:
     def _named_worker(self, worker_id: str, pool_id: str | None) -> tuple[WorkerView | None, bool]:
         """The worker an action names (``None``, refused, when unknown) and whether it is on
         the pool the action names, if it names one (refused when not)."""
-        worker = self.state.worker_view(worker_id)
+        worker = self.snap.worker(worker_id)
         if worker is None:
             self.refuse(RefusalCode.UNKNOWN_WORKER, f"no worker {worker_id}", "worker_id")
             return None, False
@@ -133,7 +132,7 @@ class _Checker:
         if worker is None:
             return
         ok = ok and same_pool
-        pool = self.state.pool_view(worker.pool_id)
+        pool = self.snap.pool(worker.pool_id)
         if pool is None or pool.status is PoolStatus.OFFLINE:
             self.refuse(
                 RefusalCode.POOL_OFFLINE,
@@ -166,7 +165,7 @@ class _Checker:
             return
         if not ok:
             return
-        job = self.state.get_job(act.job_id)
+        job = self.snap.job(act.job_id)
         assert job is not None
         if job.model_ref != worker.model_ref:
             self.refuse(
@@ -176,10 +175,10 @@ class _Checker:
                 "worker_id",
             )
             return
-        tenant = self.state.tenant_view(job.tenant_key)
+        tenant = self.snap.tenant(job.tenant_key)
         started = self.tenant_started[job.tenant_key]
         if (
-            self.state.enforce_quotas
+            self.snap.enforce_quotas
             and tenant.max_running is not None
             and tenant.running + started >= tenant.max_running
         ):
@@ -194,31 +193,31 @@ class _Checker:
         self.tenant_started[job.tenant_key] += 1
 
     def start(self, act: StartWorker) -> None:
-        pool = self.state.pool_view(act.pool_id)
+        pool = self.snap.pool(act.pool_id)
         if pool is None:
             self.refuse(RefusalCode.UNKNOWN_POOL, f"no pool {act.pool_id}", "pool_id")
             return
         if pool.status is PoolStatus.OFFLINE:
             self.refuse(RefusalCode.POOL_OFFLINE, f"pool {act.pool_id} is offline", "pool_id")
             return
-        gpu = self.state.gpu_view(act.pool_id, act.gpu_id)
+        gpu = self.snap.gpu(act.pool_id, act.gpu_id)
         if gpu is None:
             self.refuse(
                 RefusalCode.UNKNOWN_GPU, f"pool {act.pool_id} has no GPU {act.gpu_id}", "gpu_id"
             )
             return
-        ref = self.state.resolve_model(act.model_ref)
-        if not self.state.model_known(ref):
+        ref = self.snap.resolve_model(act.model_ref)
+        if not self.snap.model_known(ref):
             self.refuse(RefusalCode.UNKNOWN_MODEL, f"unknown model {act.model_ref}", "model_ref")
             return
-        if not self.state.pool_can_load(act.pool_id, ref):
+        if not self.snap.pool_can_load(act.pool_id, ref):
             self.refuse(
                 RefusalCode.MODEL_NOT_LOADABLE,
                 f"pool {act.pool_id} cannot load model {ref}",
                 "model_ref",
             )
             return
-        need = self.state.model_vram(ref)
+        need = self.snap.model_vram(ref)
         key = (act.pool_id, act.gpu_id)
         free = gpu.free_after(freed=self.vram_freed[key], reserved=self.vram_reserved[key])
         if need > free:
