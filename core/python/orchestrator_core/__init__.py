@@ -38,6 +38,7 @@ from orchestrator_core.errors import (
 from orchestrator_core.jobs import Job, JobParams, JobStatus, Priority, new_job_id, prompt_sha256
 from orchestrator_core.pools import (
     GpuInfo,
+    HeartbeatRules,
     InMemoryPoolRegistry,
     PoolHeartbeat,
     PoolInfo,
@@ -97,6 +98,7 @@ __all__ = [
     "FifoOrder",
     "FullQueuePolicy",
     "GpuInfo",
+    "HeartbeatRules",
     "IllegalTransition",
     "InMemoryJobQueue",
     "InMemoryPoolRegistry",

@@ -1,8 +1,9 @@
-"""Pools, their GPUs and workers, and the pool registry (seed ORCH-CORE-003).
+"""Pools, their GPUs and workers, the heartbeat rules and the pool registry.
 
 A *pool* is one GPU machine (or a set of engines) managed by a pool agent. It registers with
 the orchestrator, then sends heartbeats carrying its GPU and worker inventory. The registry
-derives each pool's status from the age of its last heartbeat, using an injectable clock:
+derives each pool's status from the age of its last heartbeat
+(:class:`HeartbeatRules`: pure functions of a pool record, a message and ``now``):
 
 * ``online``   — heartbeat age ≤ 1.5 × interval (one late beat is tolerated);
 * ``degraded`` — one or more beats missed, or the pool itself reports ``degraded``;
@@ -11,7 +12,9 @@ derives each pool's status from the age of its last heartbeat, using an injectab
 
 Re-registering a pool id that is live with a *different* endpoint is a
 :class:`~orchestrator_core.errors.PoolConflict` (HTTP 409); the same endpoint refreshes the
-registration; an offline pool id may be taken over.
+registration; an offline pool id may be taken over. A heartbeat older than the pool's
+previous one, or too far from the orchestrator's clock, is refused as stale.
+:class:`InMemoryPoolRegistry` keeps pools in memory and applies those rules with its clock.
 """
 
 from __future__ import annotations
@@ -19,16 +22,21 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Literal, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Literal, Protocol, Self, runtime_checkable
 
 from pydantic import Field, Strict, model_validator
 
 from orchestrator_core.api import ApiModel
 from orchestrator_core.errors import PoolConflict, PoolNotFound, StaleHeartbeat
 
+if TYPE_CHECKING:
+    from orchestrator_core.config import OrchestratorConfig
+
 __all__ = [
     "GpuInfo",
+    "HeartbeatRules",
     "InMemoryPoolRegistry",
     "PoolHeartbeat",
     "PoolInfo",
@@ -94,8 +102,9 @@ class WorkerInfo(ApiModel):
     jobs_completed: Annotated[int, Field(ge=0)] = 0
     protocol: Literal["llorch", "openai"] = Field(
         default="llorch",
-        description="How to talk to the worker: 'llorch' (POST /execute SSE, SYSTEM.md §3) or "
-        "'openai' (OpenAI-compatible /v1/completions streaming: vLLM, llama.cpp, SGLang, Ollama)",
+        description="How to talk to the worker: 'llorch' (POST /execute answered with an SSE "
+        "stream of tokens) or 'openai' (OpenAI-compatible /v1/completions streaming: vLLM, "
+        "llama.cpp, SGLang, Ollama)",
     )
 
 
@@ -155,7 +164,7 @@ class StatusChange(ApiModel):
 
 @runtime_checkable
 class PoolRegistry(Protocol):
-    """Where the orchestrator keeps its pools (seed ORCH-CORE-003)."""
+    """Where the orchestrator keeps its pools."""
 
     def register(self, registration: PoolRegistration) -> PoolInfo:
         """Add or refresh a pool; :class:`PoolConflict` if a live pool holds the id elsewhere."""
@@ -178,8 +187,103 @@ class PoolRegistry(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class HeartbeatRules:
+    """How registrations and heartbeats change a pool's record, and its status over time.
+
+    Pure: every method takes the record, the message and ``now`` (Unix seconds) and returns
+    a new :class:`PoolInfo` (or raises), so whoever keeps the pools — the daemon's cluster
+    state, :class:`InMemoryPoolRegistry` — applies the same rules.
+    """
+
+    heartbeat_interval_s: float = 15.0
+    missed_threshold: int = 3
+    max_clock_skew_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_s <= 0 or self.missed_threshold < 1:
+            raise ValueError("heartbeat interval must be > 0 and missed threshold >= 1")
+
+    @classmethod
+    def from_config(cls, config: OrchestratorConfig) -> HeartbeatRules:
+        """The rules of ``[heartbeat]``: ``interval_s``, ``missed_threshold``,
+        ``max_clock_skew_s``."""
+        hb = config.heartbeat
+        return cls(hb.interval_s, hb.missed_threshold, hb.max_clock_skew_s)
+
+    @property
+    def offline_after_s(self) -> float:
+        """Heartbeat age at which a pool goes offline: interval × missed threshold."""
+        return self.heartbeat_interval_s * self.missed_threshold
+
+    def status(self, pool: PoolInfo, now: float) -> PoolStatus:
+        """Status of ``pool`` at ``now`` from its heartbeat age (and what it reports)."""
+        age = now - pool.last_heartbeat
+        if age > self.offline_after_s:
+            return PoolStatus.OFFLINE
+        if age > 1.5 * self.heartbeat_interval_s or pool.reported_status in (
+            PoolStatus.DEGRADED,
+            PoolStatus.OFFLINE,
+        ):
+            return PoolStatus.DEGRADED
+        return PoolStatus.ONLINE
+
+    def registered(self, reg: PoolRegistration, existing: PoolInfo | None, now: float) -> PoolInfo:
+        """The record of a pool that (re-)registers at ``now``, with its status;
+        :class:`PoolConflict` if ``existing`` (the record of the same pool id) is not offline
+        and has another endpoint."""
+        if (
+            existing is not None
+            and existing.endpoint != reg.endpoint
+            and self.status(existing, now) is not PoolStatus.OFFLINE
+        ):
+            raise PoolConflict(reg.pool_id, existing.endpoint, reg.endpoint)
+        pool = PoolInfo(
+            pool_id=reg.pool_id,
+            endpoint=reg.endpoint,
+            capabilities=list(reg.capabilities),
+            gpus=list(reg.gpus),
+            workers=list(reg.workers),
+            models=list(reg.models),
+            model_vram_bytes=dict(reg.model_vram_bytes),
+            version=reg.version,
+            registered_at=existing.registered_at if existing else now,
+            last_heartbeat=now,
+        )
+        pool.status = self.status(pool, now)
+        return pool
+
+    def heartbeat(
+        self, existing: PoolInfo, beat: PoolHeartbeat, now: float, last_sent_at: float | None
+    ) -> PoolInfo:
+        """The record of ``existing`` after ``beat`` arrived at ``now``, with its status:
+        inventory replaced, heartbeat time refreshed. :class:`StaleHeartbeat` if the beat's
+        own timestamp is older than the previous beat's (``last_sent_at``) or further than
+        ``max_clock_skew_s`` from ``now``."""
+        pool_id = existing.pool_id
+        if last_sent_at is not None and beat.sent_at < last_sent_at:
+            raise StaleHeartbeat(pool_id, f"sent_at {beat.sent_at} is older than {last_sent_at}")
+        if abs(beat.sent_at - now) > self.max_clock_skew_s:
+            raise StaleHeartbeat(
+                pool_id, f"sent_at {beat.sent_at} is {beat.sent_at - now:+.1f}s off the clock"
+            )
+        update: dict[str, object] = {
+            "gpus": list(beat.gpus),
+            "workers": list(beat.workers),
+            "last_heartbeat": now,
+            "reported_status": beat.reported_status,
+        }
+        if beat.models is not None:
+            update["models"] = list(beat.models)
+        if beat.model_vram_bytes is not None:
+            update["model_vram_bytes"] = dict(beat.model_vram_bytes)
+        pool = existing.model_copy(update=update)
+        pool.status = self.status(pool, now)
+        return pool
+
+
 class InMemoryPoolRegistry:
-    """In-memory :class:`PoolRegistry` with status derived from heartbeat age.
+    """In-memory :class:`PoolRegistry` applying :class:`HeartbeatRules` with a clock.
 
     ``clock`` returns Unix seconds. ``max_clock_skew_s`` bounds how far a heartbeat's own
     timestamp may be from the registry's clock before it is refused as stale.
@@ -193,32 +297,35 @@ class InMemoryPoolRegistry:
         max_clock_skew_s: float = 30.0,
         clock: Clock = time.time,
     ) -> None:
-        if heartbeat_interval_s <= 0 or missed_threshold < 1:
-            raise ValueError("heartbeat interval must be > 0 and missed threshold >= 1")
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.missed_threshold = missed_threshold
-        self.max_clock_skew_s = max_clock_skew_s
+        self.rules = HeartbeatRules(heartbeat_interval_s, missed_threshold, max_clock_skew_s)
         self._clock = clock
         self._pools: dict[str, PoolInfo] = {}
         self._beat_sent_at: dict[str, float] = {}
         self._last_seen: dict[str, PoolStatus] = {}
 
     @property
+    def heartbeat_interval_s(self) -> float:
+        """Expected time between two heartbeats of a pool."""
+        return self.rules.heartbeat_interval_s
+
+    @property
+    def missed_threshold(self) -> int:
+        """Heartbeats missed before a pool goes offline."""
+        return self.rules.missed_threshold
+
+    @property
+    def max_clock_skew_s(self) -> float:
+        """How far a heartbeat's own timestamp may be from the clock."""
+        return self.rules.max_clock_skew_s
+
+    @property
     def offline_after_s(self) -> float:
         """Heartbeat age at which a pool goes offline: interval × missed threshold."""
-        return self.heartbeat_interval_s * self.missed_threshold
+        return self.rules.offline_after_s
 
     def status_of(self, pool: PoolInfo, now: float | None = None) -> PoolStatus:
         """Status of ``pool`` at ``now`` (default: the clock) from its heartbeat age."""
-        age = (self._clock() if now is None else now) - pool.last_heartbeat
-        if age > self.offline_after_s:
-            return PoolStatus.OFFLINE
-        if age > 1.5 * self.heartbeat_interval_s or pool.reported_status in (
-            PoolStatus.DEGRADED,
-            PoolStatus.OFFLINE,
-        ):
-            return PoolStatus.DEGRADED
-        return PoolStatus.ONLINE
+        return self.rules.status(pool, self._clock() if now is None else now)
 
     def _view(self, pool: PoolInfo, now: float) -> PoolInfo:
         return pool.model_copy(update={"status": self.status_of(pool, now)})
@@ -226,28 +333,10 @@ class InMemoryPoolRegistry:
     def register(self, registration: PoolRegistration) -> PoolInfo:
         """Add or refresh a pool. See the module docstring for conflicts."""
         now = self._clock()
-        existing = self._pools.get(registration.pool_id)
-        if (
-            existing is not None
-            and existing.endpoint != registration.endpoint
-            and self.status_of(existing, now) is not PoolStatus.OFFLINE
-        ):
-            raise PoolConflict(registration.pool_id, existing.endpoint, registration.endpoint)
-        pool = PoolInfo(
-            pool_id=registration.pool_id,
-            endpoint=registration.endpoint,
-            capabilities=list(registration.capabilities),
-            gpus=list(registration.gpus),
-            workers=list(registration.workers),
-            models=list(registration.models),
-            model_vram_bytes=dict(registration.model_vram_bytes),
-            version=registration.version,
-            registered_at=existing.registered_at if existing else now,
-            last_heartbeat=now,
-        )
+        pool = self.rules.registered(registration, self._pools.get(registration.pool_id), now)
         self._pools[pool.pool_id] = pool
         self._beat_sent_at.pop(pool.pool_id, None)
-        return self._view(pool, now)
+        return pool.model_copy()
 
     def unregister(self, pool_id: str) -> PoolInfo:
         """Remove ``pool_id`` and return its last view."""
@@ -272,31 +361,14 @@ class InMemoryPoolRegistry:
 
     def heartbeat(self, pool_id: str, beat: PoolHeartbeat) -> PoolInfo:
         """Record ``beat``: replace the inventory and refresh the heartbeat time."""
-        pool = self._pools.get(pool_id)
-        if pool is None:
+        existing = self._pools.get(pool_id)
+        if existing is None:
             raise PoolNotFound(pool_id)
         now = self._clock()
-        last = self._beat_sent_at.get(pool_id)
-        if last is not None and beat.sent_at < last:
-            raise StaleHeartbeat(pool_id, f"sent_at {beat.sent_at} is older than {last}")
-        if abs(beat.sent_at - now) > self.max_clock_skew_s:
-            raise StaleHeartbeat(
-                pool_id, f"sent_at {beat.sent_at} is {beat.sent_at - now:+.1f}s off the clock"
-            )
-        update: dict[str, object] = {
-            "gpus": list(beat.gpus),
-            "workers": list(beat.workers),
-            "last_heartbeat": now,
-            "reported_status": beat.reported_status,
-        }
-        if beat.models is not None:
-            update["models"] = list(beat.models)
-        if beat.model_vram_bytes is not None:
-            update["model_vram_bytes"] = dict(beat.model_vram_bytes)
-        pool = pool.model_copy(update=update)
+        pool = self.rules.heartbeat(existing, beat, now, self._beat_sent_at.get(pool_id))
         self._pools[pool_id] = pool
         self._beat_sent_at[pool_id] = beat.sent_at
-        return self._view(pool, now)
+        return pool.model_copy()
 
     def sweep(self) -> builtins.list[StatusChange]:
         """Pools whose derived status changed since the previous sweep (new pools included,

@@ -1,16 +1,23 @@
-"""Scheduling: which job runs where, and which model to load or unload (seed ORCH-CORE-002).
+"""Scheduling: which job runs where, and which model to load or unload.
 
 Pure logic, no I/O, no clock. The pieces, Kubernetes-scheduler-framework style:
 
 * :class:`ClusterState` — the daemon's indexed, incrementally updated cluster (queue,
-  pools, GPUs, workers, tenants); :meth:`ClusterState.snapshot` gives a
-  :class:`SchedulingSnapshot`, a free read-only view for one decision (and the Rhai ``ctx``
-  via :meth:`SchedulingSnapshot.to_ctx`).
-* plugins chosen by name: queue orders (:class:`FifoOrder`, :class:`PriorityOrder`,
-  :class:`FairShareOrder`), placements (:class:`LeastLoadedPlacement`,
-  :class:`MostVramFreePlacement`, :class:`RoundRobinPlacement`), evictions
-  (:class:`LruEviction`, :class:`LfuEviction`, :class:`ManualEviction`);
-* the :class:`Scheduler` protocol and :class:`BuiltinScheduler`, built from the config by
+  pools, GPUs, workers, tenants), a facade over one index per concern (``queue_index``,
+  ``demand_index``, ``running``, ``fleet_index`` with ``fleet_counts`` and ``gpu_index``,
+  ``model_index``); :meth:`ClusterState.snapshot` gives a :class:`SchedulingSnapshot`, a
+  free read-only view for one decision — the one read API schedulers use (and the Rhai
+  ``ctx`` via :meth:`SchedulingSnapshot.to_ctx`);
+* admission: :func:`admit` decides whether a new job may be queued (tenant quota, capacity,
+  full-queue policy) under :class:`AdmissionLimits`, as :class:`Admitted` or
+  :class:`Refused`;
+* plugins chosen by name (``plugins``): queue orders (:class:`FifoOrder`,
+  :class:`PriorityOrder`, :class:`FairShareOrder`), placements
+  (:class:`LeastLoadedPlacement`, :class:`MostVramFreePlacement`,
+  :class:`RoundRobinPlacement`), evictions (:class:`LruEviction`, :class:`LfuEviction`,
+  :class:`ManualEviction`);
+* the :class:`Scheduler` protocol and :class:`BuiltinScheduler` (its passes in
+  ``dispatching``, ``placing`` and ``gpu_search``), built from the config by
   :func:`build_scheduler` through a :class:`SchedulerRegistry`;
 * decisions as immutable values (:class:`Dispatch`, :class:`Wait`, :class:`StartWorker`,
   :class:`EvictWorker`, :class:`Reject`, :class:`Batch`) with their Rhai dict form
@@ -19,6 +26,13 @@ Pure logic, no I/O, no clock. The pieces, Kubernetes-scheduler-framework style:
 See docs/scheduling.md for how the daemon drives it.
 """
 
+from orchestrator_core.scheduling.admission import (
+    AdmissionLimits,
+    Admitted,
+    FullQueuePolicy,
+    Refused,
+    admit,
+)
 from orchestrator_core.scheduling.catalog import ModelCatalog, ModelInfo
 from orchestrator_core.scheduling.decisions import (
     REJECT_CODES,
@@ -100,6 +114,8 @@ __all__ = [
     "PLACEMENTS",
     "REJECT_CODES",
     "Action",
+    "AdmissionLimits",
+    "Admitted",
     "Batch",
     "BuiltinScheduler",
     "ClusterState",
@@ -111,6 +127,7 @@ __all__ = [
     "EvictionPolicy",
     "FairShareOrder",
     "FifoOrder",
+    "FullQueuePolicy",
     "GpuView",
     "LeastLoadedPlacement",
     "LfuEviction",
@@ -127,6 +144,7 @@ __all__ = [
     "QueuedJob",
     "Refusal",
     "RefusalCode",
+    "Refused",
     "Reject",
     "RoundRobinPlacement",
     "Scheduler",
@@ -141,6 +159,7 @@ __all__ = [
     "Wait",
     "WorkerNotFound",
     "WorkerView",
+    "admit",
     "build_eviction",
     "build_placement",
     "build_queue_order",

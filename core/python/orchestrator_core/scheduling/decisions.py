@@ -2,9 +2,9 @@
 
 A scheduler returns one :data:`Decision`: a single action or a :class:`Batch` of actions
 (never a batch inside a batch). The dict form is exactly the Rhai decision map of
-RHAI_RUNTIME.md — ``{"action": "dispatch", "job_id": ..., "worker_id": ...}`` — plus two
-optional keys every action accepts: ``pool_id`` where the Rhai table omits it (dispatch,
-evict_worker) and ``explanation``.
+docs/design/rhai-policies.md — ``{"action": "dispatch", "job_id": ..., "worker_id": ...}``
+— plus two optional keys every action accepts: ``pool_id`` where the Rhai table omits it
+(dispatch, evict_worker) and ``explanation``.
 
 Every decision carries an ``explanation``: a short machine-readable dict (which ordering,
 filter and score chose it, and the runners-up) that the daemon stores with the job and shows
