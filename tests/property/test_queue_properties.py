@@ -1,8 +1,8 @@
 """Properties of InMemoryJobQueue against a plain reference model.
 
-The reference keeps a list of (arrival seq, job) and recomputes the order from the rules of
-SYSTEM.md §2 on every step: interactive (and batch jobs older than the promotion age) first,
-then batch; FIFO by arrival within each class. Every queue operation must agree with it, and
+The reference keeps a list of (arrival seq, job) and recomputes the order from the queue's
+rules on every step: interactive (and batch jobs older than the promotion age) first, then
+batch; FIFO by arrival within each class. Every queue operation must agree with it, and
 the full-queue policies must drop or refuse exactly what the rules say and nothing else.
 """
 

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from orchestrator_core import (
     ErrorCode,
     GpuInfo,
+    HeartbeatRules,
     InMemoryPoolRegistry,
+    OrchestratorConfig,
     PoolConflict,
     PoolHeartbeat,
     PoolNotFound,
@@ -241,3 +243,58 @@ def test_status_is_a_function_of_heartbeat_age_alone(
         if i % 2 == 0:
             registry.heartbeat("p1", PoolHeartbeat(sent_at=clock.t))
             last = clock.t
+
+
+# -- HeartbeatRules: the registry's rules as pure functions -----------------------------------
+
+
+def test_heartbeat_rules_from_config_read_the_heartbeat_section() -> None:
+    cfg = OrchestratorConfig.from_mapping(
+        {"heartbeat": {"interval_s": 5, "missed_threshold": 4, "max_clock_skew_s": 9}}
+    )
+    rules = HeartbeatRules.from_config(cfg)
+    assert rules == HeartbeatRules(5.0, 4, 9.0)
+    assert rules.offline_after_s == 20.0
+    assert HeartbeatRules() == HeartbeatRules(15.0, 3, 30.0)
+
+
+@pytest.mark.parametrize("kw", [{"heartbeat_interval_s": 0}, {"missed_threshold": 0}])
+def test_heartbeat_rules_refuse_nonsense(kw: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="heartbeat"):
+        HeartbeatRules(**kw)
+
+
+def test_registered_gives_the_new_record_with_its_status() -> None:
+    rules = HeartbeatRules()
+    info = rules.registered(reg(), None, 100.0)
+    assert (info.registered_at, info.last_heartbeat, info.status) == (100.0, 100.0, "online")
+    again = rules.registered(reg(), info, 130.0)
+    assert (again.registered_at, again.last_heartbeat) == (100.0, 130.0)
+
+
+def test_registered_refuses_a_live_pool_elsewhere_and_lets_an_offline_one_go() -> None:
+    rules = HeartbeatRules()
+    info = rules.registered(reg(), None, 100.0)
+    with pytest.raises(PoolConflict):
+        rules.registered(reg(endpoint="http://10.0.0.2:9000"), info, 140.0)
+    moved = rules.registered(reg(endpoint="http://10.0.0.2:9000"), info, 146.0)
+    assert moved.endpoint == "http://10.0.0.2:9000"
+
+
+def test_heartbeat_gives_the_updated_record_and_refuses_stale_beats() -> None:
+    rules = HeartbeatRules()
+    info = rules.registered(reg(), None, 100.0)
+    beat = PoolHeartbeat(sent_at=120.0, reported_status="degraded", models=["m"])
+    after = rules.heartbeat(info, beat, 121.0, None)
+    assert (after.last_heartbeat, after.status, after.models) == (121.0, "degraded", ["m"])
+    assert info.last_heartbeat == 100.0  # the given record is not changed
+    with pytest.raises(StaleHeartbeat, match="older than"):
+        rules.heartbeat(after, PoolHeartbeat(sent_at=119.0), 122.0, 120.0)
+    with pytest.raises(StaleHeartbeat, match="off the clock"):
+        rules.heartbeat(after, PoolHeartbeat(sent_at=200.0), 122.0, 120.0)
+
+
+def test_the_registry_applies_the_rules(registry: InMemoryPoolRegistry, clock: FakeClock) -> None:
+    assert registry.rules == HeartbeatRules(15, 3, 30.0)
+    info = registry.register(reg())
+    assert registry.status_of(info, clock.t + 50) is registry.rules.status(info, clock.t + 50)

@@ -1,4 +1,5 @@
-"""snapshot.to_ctx(): the Rhai ctx map of RHAI_RUNTIME.md, windowed and cached per pool."""
+"""snapshot.to_ctx(): the Rhai ctx map (docs/design/rhai-policies.md), windowed and cached
+per pool."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Decisions as values and their Rhai dict form (RHAI_RUNTIME.md, "Decisions")."""
+"""Decisions as values and their Rhai dict form (docs/design/rhai-policies.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which job goes first and to which worker (SYSTEM.md §4: queue order and placement)."""
+"""Which job goes first and to which worker: the queue order and the placement."""
 
 from __future__ import annotations
 

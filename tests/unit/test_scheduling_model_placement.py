@@ -1,4 +1,4 @@
-"""Starting workers where a model fits best, evicting idle ones, and giving up (SYSTEM.md §4)."""
+"""Starting workers where a model fits best, evicting idle ones, and giving up."""
 
 from __future__ import annotations
 

@@ -324,3 +324,79 @@ def test_jobs_a_report_shows_beyond_the_known_ones_keep_their_slots_after_a_disp
     # the next heartbeat no longer shows the unknown job: one slot is free again
     state.upsert_pool(one_pool(make_worker("w1", "m", slots=2, active=1, vram_gb=8)))  # type: ignore[arg-type]
     assert status(state, "w1") is WorkerStatus.READY
+
+
+# -- the pools as given, running jobs by worker and pool, tenants' queues ----------------------
+
+
+def test_the_state_keeps_the_pool_info_it_was_given_with_the_status_it_holds() -> None:
+    state = fresh()
+    info = one_pool(make_worker("w1", "m", vram_gb=8), heartbeat_at=5.0)
+    state.upsert_pool(info)  # type: ignore[arg-type]
+    assert state.pool_info("p") is info
+    assert state.pool_sent_at("p") is None  # a registration
+    state.set_pool_status("p", PoolStatus.DEGRADED)
+    got = state.pool_info("p")
+    assert got is not None and got.status is PoolStatus.DEGRADED
+    assert got.workers == info.workers  # type: ignore[attr-defined]
+    assert state.pool_info("missing") is None
+
+
+def test_pool_sent_at_is_the_last_heartbeats_stamp_and_a_registration_resets_it() -> None:
+    state = fresh()
+    state.upsert_pool(one_pool(heartbeat_at=1.0), sent_at=0.9)  # type: ignore[arg-type]
+    assert state.pool_sent_at("p") == 0.9
+    state.upsert_pool(one_pool(heartbeat_at=2.0), sent_at=1.9)  # type: ignore[arg-type]
+    assert state.pool_sent_at("p") == 1.9
+    state.upsert_pool(one_pool(heartbeat_at=3.0))  # type: ignore[arg-type]
+    assert state.pool_sent_at("p") is None
+    state.upsert_pool(one_pool(heartbeat_at=4.0), sent_at=3.9)  # type: ignore[arg-type]
+    state.remove_pool("p")
+    assert (state.pool_sent_at("p"), state.pool_info("p"), state.pool_infos()) == (None, None, [])
+
+
+def test_pool_infos_are_sorted_by_pool_id() -> None:
+    state = fresh()
+    for pid in ("p2", "p0", "p1"):
+        state.upsert_pool(make_pool(pid, gpus=[make_gpu("g0")]))
+    assert [p.pool_id for p in state.pool_infos()] == ["p0", "p1", "p2"]
+
+
+def test_jobs_on_a_worker_and_on_a_pool_follow_dispatches_and_ends() -> None:
+    state = fresh()
+    w1 = make_worker("w1", "m", vram_gb=8, slots=2)
+    w2 = make_worker("w2", "n", vram_gb=8)
+    state.upsert_pool(one_pool(w1, w2))  # type: ignore[arg-type]
+    state.upsert_pool(make_pool("q", gpus=[make_gpu("g0")], workers=[make_worker("x", "m")]))
+    for job_id, model in (("j1", "m"), ("j2", "m"), ("j3", "n"), ("j4", "m")):
+        state.add_job(make_job(job_id, model))
+    state.job_dispatched("j2", "w1", now=1.0)
+    state.job_dispatched("j1", "w1", now=1.0)
+    state.job_dispatched("j3", "w2", now=1.0)
+    state.job_dispatched("j4", "x", now=1.0)
+    assert state.jobs_on_worker("w1") == ["j1", "j2"]
+    assert state.worker_load("w1") == 2
+    assert state.jobs_on_pool("p") == ["j1", "j2", "j3"]
+    assert state.jobs_on_pool("q") == ["j4"]
+    state.job_finished("j2", now=2.0)
+    assert (state.jobs_on_worker("w1"), state.worker_load("w1")) == (["j1"], 1)
+    assert state.jobs_on_pool("p") == ["j1", "j3"]
+    assert (state.jobs_on_worker("nobody"), state.jobs_on_pool("nowhere")) == ([], [])
+    assert state.worker_load("nobody") == 0
+
+
+def test_tenant_queued_counts_a_tenants_queued_jobs() -> None:
+    state = fresh()
+    state.upsert_pool(one_pool(make_worker("w1", "m", vram_gb=8)))  # type: ignore[arg-type]
+    for n in range(3):
+        state.add_job(make_job(f"a{n}", "m", tenant="a"))
+    state.add_job(make_job("b0", "m", tenant="b"))
+    state.add_job(make_job("anon", "m"))
+    assert (state.tenant_queued("a"), state.tenant_queued("b"), state.tenant_queued("")) == (
+        3,
+        1,
+        1,
+    )
+    state.job_dispatched("a0", "w1", now=1.0)
+    state.remove_job("a1")
+    assert (state.tenant_queued("a"), state.tenant_queued("c")) == (1, 0)
