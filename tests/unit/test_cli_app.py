@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -37,6 +39,13 @@ def test_root_help_lists_domains_settings_and_every_exit_code():
     for code in ExitCode:
         assert f"{int(code)} " in text
     assert "cannot reach orchestratord" in text
+
+
+def test_the_readme_lists_every_exit_code():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    paragraph = readme.split("\nExit codes: ", 1)[1].split("\n\n", 1)[0]
+    listed = {int(n) for n in re.findall(r"(?:^|, )(\d+) ", paragraph)}
+    assert listed == {int(code) for code in ExitCode}
 
 
 @pytest.mark.parametrize(
