@@ -9,6 +9,7 @@ and every fault injection.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -348,7 +349,6 @@ async def test_openai_streaming_sends_chunks_then_done(make_engine: Any) -> None
     assert [m["id"] for m in models["data"]] == ["m1"]
     datas = await openai_stream(eng, model="m1", prompt="hi", max_tokens=6, seed=5)
     assert datas[-1] == "[DONE]"
-    import json
 
     chunks = [json.loads(d) for d in datas[:-1]]
     assert all(c["object"] == "text_completion" for c in chunks)
@@ -364,7 +364,6 @@ async def test_openai_streaming_sends_chunks_then_done(make_engine: Any) -> None
 
 async def test_openai_stop_and_usage_chunk(make_engine: Any) -> None:
     eng = await make_engine()
-    import json
 
     full = await openai_stream(eng, prompt="q", max_tokens=30, seed=1)
     text = "".join(json.loads(d)["choices"][0]["text"] for d in full[:-1])
@@ -430,6 +429,8 @@ def engine_process() -> Iterator[Any]:
         if p.poll() is None:
             p.kill()
         p.wait(timeout=10)
+        if p.stdout is not None:
+            p.stdout.close()  # the URL pipe: left open, it is a ResourceWarning at collection
 
 
 async def test_the_engine_program_prints_its_url_and_serves(engine_process: Any) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from llorch_pool.agent import PoolAgent, PoolAgentConfig
+from llorch_pool.protocol import WorkerProtocol
 from llorch_pool.serving import RunningServer, free_port, serve_app
 from llorch_pool.sim import EngineFaults, SimEngineConfig, SimModel, SimulatedPool
 from orchestrator_core.errors import OrchestratorError
@@ -469,8 +470,6 @@ async def test_native_workers_report_busy_from_their_engine_health(
 
 
 async def test_a_pool_of_openai_workers_reports_the_protocol(make_pool: Any, http: Any) -> None:
-    from llorch_pool.protocol import WorkerProtocol
-
     pool = await make_pool(protocol=WorkerProtocol.OPENAI)
     wid = (await start_worker(http, pool, "m1", "0")).json()["worker_id"]
     await eventually(lambda: worker_status_sync(pool, wid) == "ready")
@@ -493,6 +492,8 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
         if p.poll() is None:
             p.kill()
         p.wait(timeout=10)
+        if p.stdout is not None:
+            p.stdout.close()  # the URL pipe: left open, it is a ResourceWarning at collection
 
 
 def spawn(procs: list[subprocess.Popen[str]], *argv: str) -> tuple[subprocess.Popen[str], str]:

@@ -3,9 +3,12 @@ unreachable daemon (a real closed port), output modes and shell completion."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import io
 import json
 import os
+import pkgutil
 import re
 import socket
 import subprocess
@@ -13,6 +16,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import llorch
 import pytest
 from llorch.exitcodes import ExitCode, exit_code_for_error, exit_codes_help
 from llorch.output import Output
@@ -245,12 +249,6 @@ def test_shell_completion_script_and_completions():
 
 
 def test_llorch_all_is_sorted_and_every_public_name_is_documented():
-    import importlib
-    import inspect
-    import pkgutil
-
-    import llorch
-
     assert llorch.__all__ == sorted(llorch.__all__)
     missing: list[str] = []
     modules = ["llorch"] + [

@@ -4,9 +4,13 @@ standing in for the daemon's HTTP (an httpx.MockTransport: the unit-test seam)."
 from __future__ import annotations
 
 import json
+import os
+import signal
 
+import httpx
 import pytest
 from llorch.exitcodes import ExitCode
+from llorch.output import Output
 
 from tests.support.llorch_fake import FakeOrchestratord, invoke
 
@@ -221,8 +225,6 @@ def test_a_stream_that_never_comes_back_exits_3_with_how_to_resume(fake):
 
 def test_queue_full_is_refused_with_exit_7_and_retry_after(fake):
     def full(request):
-        import httpx
-
         body = {
             "error": {
                 "code": "QUEUE_FULL",
@@ -399,8 +401,6 @@ def test_prompt_file_dash_reads_stdin(fake):
 
 
 def test_a_daemon_that_does_not_answer_in_time_exits_3(fake):
-    import httpx
-
     def slow(request):
         raise httpx.ConnectTimeout("timed out", request=request)
 
@@ -412,8 +412,6 @@ def test_a_daemon_that_does_not_answer_in_time_exits_3(fake):
 
 def test_a_daemon_restarting_mid_stream_is_retried(fake):
     """503 while the daemon comes back is transient once the stream had started."""
-    import httpx
-
     original = fake._events
     calls = []
 
@@ -435,11 +433,6 @@ def test_a_daemon_restarting_mid_stream_is_retried(fake):
 def test_a_real_ctrl_c_while_an_event_is_printed_keeps_the_resume_point_exact(fake, monkeypatch):
     """SIGINT arriving in the middle of printing event 5: event 5 is shown, and the resume
     point printed is 5 — a later --since neither skips nor repeats it."""
-    import os
-    import signal
-
-    from llorch.output import Output
-
     job_id = invoke(fake, "jobs", "submit", "-m", "m", "-p", "hi", "-d").stdout.strip()
     original = Output.json_line
 

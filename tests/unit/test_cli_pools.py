@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -102,7 +103,6 @@ def test_vram_bars_on_a_terminal(fake):
     assert bar.style == "yellow"
     assert vram_bar(23, 24).style == "red"
     assert vram_bar(1, 24).style == "green"
-    import io
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import llorch.policies
 import pytest
 from llorch.exitcodes import ExitCode
+from llorch.scheduler import describe_decision
 
 from tests.support.llorch_fake import FakeOrchestratord, invoke
 
@@ -71,7 +73,6 @@ def test_show_renders_the_activation_time_and_hides_empty_fields(fake):
 
 def test_without_the_policy_tools_validate_and_dry_run_say_so(fake, tmp_path, monkeypatch):
     """A build of orchestrator_core without its policy tools: a clear message, exit 8."""
-    import llorch.policies
 
     def missing(name):
         raise ImportError(name)
@@ -90,8 +91,6 @@ def test_without_the_policy_tools_validate_and_dry_run_say_so(fake, tmp_path, mo
 
 
 def test_describe_decision_reads_well():
-    from llorch.scheduler import describe_decision
-
     batch = {
         "action": "batch",
         "actions": [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from llorch_pool.agent import PoolAgentConfig
+from llorch_pool.agent.cli import main
 from llorch_pool.agent.launcher import LaunchSpec, ModelSpec, SubprocessEngineLauncher
 from llorch_pool.sim import parse_models
 from orchestrator_core.errors import ConfigInvalid
@@ -120,8 +121,6 @@ def test_the_launcher_fills_in_placeholders(tmp_path: Path) -> None:
 
 
 def test_the_cli_check_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from llorch_pool.agent.cli import main
-
     good = tmp_path / "ok.toml"
     good.write_text(GOOD)
     assert main(["--config", str(good), "--check"]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
+import llorch_pool.sim as sim
 import pytest
 
 MODULES = [
@@ -32,7 +33,5 @@ def test_all_is_sorted_importable_and_documented(name: str) -> None:
 
 
 def test_the_simulator_is_named_as_one() -> None:
-    import llorch_pool.sim as sim
-
     assert "simulator" in (sim.__doc__ or "").lower()
     assert "test" in (sim.SimulatedEngine.__module__ + (sim.__doc__ or ""))
