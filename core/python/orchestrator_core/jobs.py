@@ -121,8 +121,9 @@ class JobParams:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """The sampling fields as JSON-ready data (``stop`` as a list)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        """The sampling fields as JSON-ready data (``stop`` as a list); a subclass adding
+        fields still gives only these."""
+        out = {f.name: getattr(self, f.name) for f in fields(JobParams)}
         out["stop"] = list(self.stop)
         return out
 
