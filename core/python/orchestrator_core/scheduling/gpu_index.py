@@ -105,7 +105,7 @@ class GpuIndex:
     ) -> list[Iterator[GpuEntry]]:
         """One ascending run per group of pools in ``status`` that can load ``model_ref``:
         the group's ``(bytes, pool_id, gpu_id)`` entries sorted ``by`` a VRAM figure,
-        starting at the first with ``at_least`` bytes."""
+        starting at the first with ``at_least`` bytes (groups with none are left out)."""
         out: list[Iterator[GpuEntry]] = []
         for group in self.groups_for(model_ref, status):
             sl: Any = (
@@ -115,7 +115,9 @@ class GpuIndex:
                 if by == "reclaimable"
                 else group.drain_idx
             )
-            out.append(sl.islice(sl.bisect_left((at_least,))))
+            start = sl.bisect_left((at_least,))
+            if start < len(sl):
+                out.append(sl.islice(start))
         return out
 
     def largest(

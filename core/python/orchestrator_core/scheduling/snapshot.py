@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from orchestrator_core.scheduling.queue_index import QueueIndex
     from orchestrator_core.scheduling.state import ClusterState
 
-__all__ = ["SchedulingSnapshot", "SnapshotStale", "StateParts"]
+__all__ = ["Generation", "SchedulingSnapshot", "SnapshotStale", "StateParts"]
 
 
 class SnapshotStale(OrchestratorError):
@@ -60,6 +60,16 @@ class SnapshotStale(OrchestratorError):
 
     def __init__(self) -> None:
         super().__init__("the cluster state changed after this snapshot was taken")
+
+
+class Generation:
+    """Shared by the snapshots of one state version; the state marks it ``stale`` at its
+    next change, so a snapshot checks its freshness with one attribute read."""
+
+    __slots__ = ("stale",)
+
+    def __init__(self) -> None:
+        self.stale = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,107 +86,121 @@ class SchedulingSnapshot:
     """A read-only view of the cluster at ``now`` (Unix seconds). Cheap to make; every read
     raises :class:`SnapshotStale` once the state has changed."""
 
-    __slots__ = ("_parts", "_state", "now", "version")
+    __slots__ = ("_generation", "_parts", "_state", "now", "version")
 
-    def __init__(self, state: ClusterState, now: float, parts: StateParts) -> None:
+    def __init__(
+        self, state: ClusterState, now: float, parts: StateParts, generation: Generation
+    ) -> None:
         self._state = state
         self._parts = parts
+        self._generation = generation
         self.now = now
         self.version = state.version
 
     @property
     def stale(self) -> bool:
         """True once the state changed after the snapshot was taken."""
-        return self._state.version != self.version
-
-    def _check(self) -> None:
-        if self._state.version != self.version:
-            raise SnapshotStale()
+        return self._generation.stale
 
     # -- what the state is indexed by --------------------------------------------------------
 
     @property
     def order_name(self) -> str:
         """Name of the queue order the jobs are sorted by."""
-        self._check()
-        return self._state.order.name
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.queue.order.name
 
     @property
     def placement_name(self) -> str:
         """Name of the placement the free workers are sorted by."""
-        self._check()
-        return self._state.placement.name
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.fleet.counts.placement.name
 
     @property
     def placement(self) -> Placement:
         """The placement plugin the free workers are sorted by (for re-keying a worker)."""
-        self._check()
-        return self._state.placement
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.fleet.counts.placement
 
     @property
     def enforce_quotas(self) -> bool:
         """Whether tenants' ``max_running`` quotas apply."""
-        self._check()
-        return self._state.enforce_quotas
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.demand.enforce_quotas
 
     @property
     def quota_action(self) -> str:
         """``wait`` or ``reject`` for a tenant at its quota."""
-        self._check()
-        return self._state.quota_action
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.demand.quota_action
 
     @property
     def config(self) -> OrchestratorConfig | None:
         """The configuration the state was built from, if any."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.config
 
     @property
     def dispatch_seq(self) -> int:
         """The state's dispatch sequence number (the last dispatch's; round-robin keys)."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.fleet.dispatch_seq
 
     # -- jobs -----------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> QueuedJob | None:
         """The queued job with this id, or ``None`` (also for running jobs)."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.queue.get(job_id)
 
     def is_running(self, job_id: str) -> bool:
         """Whether the job was dispatched and has not finished."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.is_running(job_id)
 
     def running_worker(self, job_id: str) -> str | None:
         """The worker a running job was dispatched to, or ``None``."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.running_worker(job_id)
 
     def jobs(self, limit: int | None = None, *, cls: int | None = None) -> list[QueuedJob]:
         """The first ``limit`` queued jobs in queue order (of one order class if given)."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.queue.ordered(limit, cls=cls)
 
     def queued_count(self, priority: Priority | None = None) -> int:
         """Queued jobs, in total or of one submitted priority."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.queue.count(priority)
 
     def class_count(self, cls: int) -> int:
         """Queued jobs in order class ``cls`` (0 includes promoted batch jobs)."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.queue.class_count(cls)
 
     def mean_queued_at(self) -> float:
         """Mean ``queued_at`` of the queued jobs (0 when empty)."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.queue.mean_queued_at()
 
     def position(self, job_id: str) -> int:
         """Jobs ahead of ``job_id`` in queue order."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.queue.position(job_id)
 
     # -- demand (planners) ------------------------------------------------------------------------
@@ -184,149 +208,177 @@ class SchedulingSnapshot:
     def dispatchable_models(self, cls: int) -> SortedSeq:
         """Models with a queued job of class ``cls`` and a free worker, best job first:
         ``((tag, seq) of the model's best job, model_ref)``."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.demand.dispatchable(cls)
 
     def cold_models(self, cls: int) -> SortedSeq:
         """Models with a queued job of class ``cls`` and no live worker, as
         :meth:`dispatchable_models`."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.demand.cold(cls)
 
     def scaling_models(self, cls: int) -> SortedSeq:
         """Models with a queued job of class ``cls`` and more queued jobs than live worker
         slots, as :meth:`dispatchable_models`."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.demand.scaling(cls)
 
     def tenant_heads(self, model_ref: str, cls: int) -> SortedSeq:
         """The head job of each tenant with jobs of a model in class ``cls`` (parked tenants
         excluded): ``((tag, seq), tenant)``, best first."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.demand.heads(model_ref, cls)
 
     def tenant_jobs(self, model_ref: str, tenant: str, cls: int) -> SortedSeq:
         """A tenant's queued jobs of a model in class ``cls``: ``(tag, seq, job_id)``."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.demand.tenant_jobs(model_ref, tenant, cls)
 
     def model_tenants(self, model_ref: str) -> list[str]:
         """Tenants with queued jobs of a model (``""``: no tenant), first arrival first."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.demand.model_tenants(model_ref)
 
     def model_queued(self, model_ref: str) -> int:
         """Queued jobs of a (canonical) model."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.demand.queued(model_ref)
 
     def model_demand(self, model_ref: str) -> int:
         """Queued jobs of a (canonical) model whose tenant is not parked at its quota."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.demand.demand(model_ref)
 
     def tenant(self, tenant_id: str) -> TenantView:
         """A tenant's weight, quotas and usage."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.demand.tenant_view(tenant_id)
 
     def tenant_ids(self) -> list[str]:
         """Configured tenants and tenants with queued or running jobs, sorted."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.demand.tenant_ids()
 
     # -- fleet: views ---------------------------------------------------------------------------
 
     def worker(self, worker_id: str) -> WorkerView | None:
         """One worker (effective status), or ``None``."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.worker_view(worker_id)
 
     def pool(self, pool_id: str) -> PoolView | None:
         """One pool, or ``None``."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.pool_view(pool_id)
 
     def gpu(self, pool_id: str, gpu_id: str) -> GpuView | None:
         """One GPU of a pool, or ``None``."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.gpu_view(pool_id, gpu_id)
 
     def pool_ids(self) -> list[str]:
         """Every pool id, sorted."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return sorted(self._parts.fleet.pools)
 
     def pool_revision(self, pool_id: str) -> int | None:
         """A number that changes whenever anything in the pool's :meth:`pool`, :meth:`gpu`
         or :meth:`worker` views may have (``None``: unknown pool)."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         rec = self._parts.fleet.pools.get(pool_id)
         return None if rec is None else rec.version
 
     def free_workers(self, model_ref: str, limit: int = 10) -> list[WorkerView]:
         """Workers of a model with a free slot, best first for the placement."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.free_workers(model_ref, limit)
 
     def live_slots(self, model_ref: str) -> int:
         """Slots of ready, busy and starting workers of a model (pools not offline)."""
-        self._check()
-        return self._state.live_slots(model_ref)
+        if self._generation.stale:
+            raise SnapshotStale()
+        fleet = self._parts.fleet
+        return fleet.counts.live[fleet.models.resolve(model_ref)]
 
     def pool_can_load(self, pool_id: str, model_ref: str) -> bool:
         """Whether a pool can start workers of a model."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.pool_can_load(pool_id, model_ref)
 
     def workers_by_status(self) -> dict[str, int]:
         """Workers by effective status."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.status_counts()
 
     def pools_by_status(self) -> dict[str, int]:
         """Pools by status."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.pools_by_status()
 
     # -- fleet: records and indexes (planners) -------------------------------------------------
 
     def worker_record(self, worker_id: str) -> WorkerRecord | None:
         """The state's record of a worker (read it, never change it), or ``None``."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.fleet.workers.get(worker_id)
 
     def gpu_record(self, pool_id: str, gpu_id: str) -> GpuRecord | None:
         """The state's record of a GPU (read it, never change it), or ``None``."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         rec = self._parts.fleet.pools.get(pool_id)
         return None if rec is None else rec.gpus.get(gpu_id)
 
     def free_worker_lists(self, model_ref: str) -> tuple[SortedSeq, SortedSeq] | None:
         """A (canonical) model's workers with a free slot, on online pools and on degraded
         ones: ``(placement key, worker_id)``, best first; ``None`` if it never had one."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.fleet.counts.free_lists(model_ref)
 
     def free_worker_count(self, model_ref: str) -> int:
         """Workers of a (canonical) model with a free slot."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.fleet.counts.free_count(model_ref)
 
     def worker_vram(self, worker: WorkerRecord) -> int:
         """VRAM a worker holds: its own report, else its model's figure."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.fleet.counts.vram(worker)
 
     def worker_share(self, worker: WorkerRecord) -> int:
         """VRAM a worker holds on each of its GPUs
         (:func:`~orchestrator_core.scheduling.views.vram_share`)."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.fleet.counts.share(worker)
 
     def worker_gpu_free(self, worker: WorkerRecord) -> int:
         """Free VRAM of a worker's GPUs (what placements weigh)."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.fleet.counts.gpu_free_of(worker)
 
     def gpu_runs(
@@ -336,7 +388,8 @@ class SchedulingSnapshot:
         group of interchangeable GPUs: ``(bytes, pool_id, gpu_id)`` sorted ``by`` free VRAM,
         VRAM free once idle workers are evicted (``reclaimable``) or once ready and busy
         workers stop (``drainable``), from the first with ``at_least`` bytes."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.fleet.counts.gpus.runs(model_ref, status, by, at_least)
 
     def largest_gpu(
@@ -344,50 +397,59 @@ class SchedulingSnapshot:
     ) -> int | None:
         """Total VRAM of the largest GPU of a pool in ``statuses`` (default: any) that can
         load ``model_ref`` (default: any); ``None`` if there is none."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._parts.fleet.counts.gpus.largest(model_ref, statuses)
 
     def pool_count(self) -> int:
         """Registered pools."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return len(self._parts.fleet.pools)
 
     def could_ever_fit(self, model_ref: str) -> bool | None:
         """Whether a registered pool could ever host the model (``None``: no GPU known)."""
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return self._state.could_ever_fit(model_ref)
 
     # -- catalog --------------------------------------------------------------------------------
 
     def resolve_model(self, name: str) -> str:
         """Canonical ref of a model ref or alias."""
-        self._check()
-        return self._state.resolve_model(name)
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.fleet.models.resolve(name)
 
     def model(self, name: str) -> ModelInfo | None:
         """The model (ref or alias) with its VRAM need, or ``None`` if nothing knows it."""
-        self._check()
-        return self._state.model_info(name)
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.fleet.models.info(name)
 
     def model_known(self, name: str) -> bool:
         """Whether the catalog, a pool or a worker knows the model."""
-        self._check()
-        return self._state.model_known(name)
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.fleet.models.known(name)
 
     def model_vram(self, name: str) -> int:
         """VRAM a worker of the model needs (0 = unknown)."""
-        self._check()
-        return self._state.model_vram(name)
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.fleet.models.vram(name)
 
     def model_names(self) -> list[str]:
         """Every model the catalog, the pools or the workers know, sorted."""
-        self._check()
-        return self._state.known_models()
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.fleet.models.names()
 
     def model_aliases(self) -> dict[str, str]:
         """The catalog's aliases: alias -> model ref."""
-        self._check()
-        return self._state.catalog.aliases()
+        if self._generation.stale:
+            raise SnapshotStale()
+        return self._parts.fleet.models.catalog.aliases()
 
     # -- Rhai ctx -------------------------------------------------------------------------------
 
@@ -401,5 +463,6 @@ class SchedulingSnapshot:
         GPUs + workers); each pool's map is cached until that pool changes, so the returned
         structure shares sub-maps between calls: treat it as read-only.
         """
-        self._check()
+        if self._generation.stale:
+            raise SnapshotStale()
         return build_ctx(self, window, self._parts.ctx_cache)

@@ -53,7 +53,7 @@ from orchestrator_core.scheduling.plugins import build_placement, build_queue_or
 from orchestrator_core.scheduling.queue_index import QueueIndex
 from orchestrator_core.scheduling.records import PoolRecord, WorkerRecord
 from orchestrator_core.scheduling.running import RunningJobs
-from orchestrator_core.scheduling.snapshot import SchedulingSnapshot, StateParts
+from orchestrator_core.scheduling.snapshot import Generation, SchedulingSnapshot, StateParts
 from orchestrator_core.scheduling.state_reads import ClusterReads
 from orchestrator_core.scheduling.views import QueuedJob
 
@@ -118,6 +118,7 @@ class ClusterState(ClusterReads):
         self.max_promotions_per_snapshot = max_promotions_per_snapshot
         self.config = config
         self._version = 0
+        self._generation: Generation | None = None  # read by the snapshots of this version
         self._models = ModelIndex(catalog if catalog is not None else ModelCatalog())
         self._running = RunningJobs()
         self._fleet = FleetIndex(
@@ -204,8 +205,17 @@ class ClusterState(ClusterReads):
         indexes: it is valid until the next change to the state.
         """
         if self._queue.promote_due(now, self.max_promotions_per_snapshot):
-            self._version += 1
-        return SchedulingSnapshot(self, now, self._parts)
+            self._changed()
+        if self._generation is None:
+            self._generation = Generation()
+        return SchedulingSnapshot(self, now, self._parts, self._generation)
+
+    def _changed(self) -> None:
+        """Every change: a new version, and the snapshots of the old one go stale."""
+        self._version += 1
+        if self._generation is not None:
+            self._generation.stale = True
+            self._generation = None
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -217,13 +227,13 @@ class ClusterState(ClusterReads):
         if job.job_id in self._queue or job.job_id in self._running:
             raise ValueError(f"job {job.job_id} is already known to the cluster state")
         qj = self._queue.add(job, self._models.resolve(job.model_ref))
-        self._version += 1
+        self._changed()
         return qj
 
     def remove_job(self, job_id: str) -> Job:
         """A queued job left without running (cancelled, expired, dropped, rejected)."""
         qj = self._queue.remove(job_id, served=False)
-        self._version += 1
+        self._changed()
         return qj.job
 
     def job_dispatched(self, job_id: str, worker_id: str, *, now: float) -> None:
@@ -250,7 +260,7 @@ class ClusterState(ClusterReads):
         self._running.start(job, tenant, model_ref, worker_id)
         self._demand.tenant_started(tenant)
         self._fleet.job_started(worker_id, job.job_id, dispatched=dispatched)
-        self._version += 1
+        self._changed()
 
     def job_finished(self, job_id: str, *, now: float) -> bool:
         """A running job ended (any outcome, or failed to dispatch): its worker slot and its
@@ -260,7 +270,7 @@ class ClusterState(ClusterReads):
             return False
         self._demand.tenant_finished(run.tenant)
         self._fleet.job_finished(run.worker_id, now=now)
-        self._version += 1
+        self._changed()
         return True
 
     # -- pools and workers -----------------------------------------------------------------
@@ -277,7 +287,7 @@ class ClusterState(ClusterReads):
             self._sent_at.pop(pool.pool_id, None)
         else:
             self._sent_at[pool.pool_id] = sent_at
-        self._version += 1
+        self._changed()
 
     def remove_pool(self, pool_id: str) -> None:
         """A pool unregistered (or was removed by an operator): its GPUs and workers are
@@ -287,7 +297,7 @@ class ClusterState(ClusterReads):
         self._pool_infos.pop(pool_id, None)
         self._sent_at.pop(pool_id, None)
         self._parts.ctx_cache.pop(pool_id, None)
-        self._version += 1
+        self._changed()
 
     def set_pool_status(self, pool_id: str, status: PoolStatus | str) -> None:
         """A new status was derived for a pool (e.g. from its heartbeat's age)."""
@@ -296,13 +306,13 @@ class ClusterState(ClusterReads):
         if status is rec.status:
             return
         self._fleet.set_pool_status(rec, status)
-        self._version += 1
+        self._changed()
 
     def mark_worker(self, worker_id: str, status: WorkerStatus | str) -> None:
         """A worker changed state outside a heartbeat (e.g. finished loading: ready;
         crashed: failed). Its slots stay governed by the jobs the state knows of."""
         self._fleet.mark_worker(self._worker(worker_id), WorkerStatus(status))
-        self._version += 1
+        self._changed()
 
     def start_requested(
         self,
@@ -326,14 +336,14 @@ class ClusterState(ClusterReads):
             vram_bytes=vram_bytes,
             max_concurrency=max_concurrency,
         )
-        self._version += 1
+        self._changed()
         return wid
 
     def start_confirmed(self, placeholder_id: str, worker_id: str) -> None:
         """The pool accepted a start and named the worker. Until a heartbeat reports it, the
         worker stays a pending start under its real id."""
         self._fleet.start_confirmed(self._worker(placeholder_id), worker_id)
-        self._version += 1
+        self._changed()
 
     def start_failed(self, placeholder_id: str) -> None:
         """The pool refused or failed a requested start: release its reservation."""
@@ -343,12 +353,12 @@ class ClusterState(ClusterReads):
         """The orchestrator asked a pool to stop (evict) this worker: it takes no more jobs
         and its VRAM counts as released for the starts that follow."""
         if self._fleet.stop_requested(self._worker(worker_id)):
-            self._version += 1
+            self._changed()
 
     def remove_worker(self, worker_id: str) -> None:
         """A worker is gone (stopped, or a start that failed)."""
         self._fleet.remove_worker(self._worker(worker_id))
-        self._version += 1
+        self._changed()
 
     def learn_model_vram(self, model_ref: str, vram_bytes: int) -> bool:
         """Record the VRAM a worker of ``model_ref`` needs, learned outside a heartbeat (e.g.
@@ -357,7 +367,7 @@ class ClusterState(ClusterReads):
         wins. Returns whether anything changed. O(1)."""
         if not self._fleet.learn_vram(model_ref, vram_bytes):
             return False
-        self._version += 1
+        self._changed()
         return True
 
     def _pool(self, pool_id: str) -> PoolRecord:
@@ -401,4 +411,4 @@ class ClusterState(ClusterReads):
             self._fleet.counts.set_placement(placement)
         if order is not None and order is not self._queue.order:
             self._queue.reorder(order)
-        self._version += 1
+        self._changed()
