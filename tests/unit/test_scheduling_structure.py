@@ -19,6 +19,8 @@ READERS = [
     "ctx",
     "admission",
     "fleet_views",
+    "snapshot",
+    "state_reads",
 ]
 """Scheduling modules that read the state through public APIs only."""
 

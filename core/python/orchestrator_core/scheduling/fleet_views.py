@@ -16,12 +16,15 @@ from orchestrator_core.scheduling.records import WorkerRecord
 from orchestrator_core.scheduling.views import GpuView, PoolView, WorkerView
 
 __all__ = [
+    "could_ever_fit",
     "fleet_problems",
     "free_worker_views",
     "gpu_view",
     "pool_model_name",
     "pool_view",
+    "pool_can_load",
     "pools_by_status",
+    "status_counts",
     "worker_view",
 ]
 
@@ -130,6 +133,30 @@ def pools_by_status(fleet: FleetIndex) -> dict[str, int]:
     """Pools by status. O(pools)."""
     counts = Counter(str(p.status) for p in fleet.pools.values())
     return {str(s): counts[str(s)] for s in PoolStatus}
+
+
+def status_counts(fleet: FleetIndex) -> dict[str, int]:
+    """Workers by effective status."""
+    counts = fleet.counts.status_counts
+    return {str(s): counts[s] for s in WorkerStatus}
+
+
+def pool_can_load(fleet: FleetIndex, pool_id: str, model_ref: str) -> bool:
+    """Whether a pool can start workers of a model (it lists it, or lists nothing)."""
+    rec = fleet.pools.get(pool_id)
+    return rec is not None and rec.can_load(fleet.models.resolve(model_ref))
+
+
+def could_ever_fit(fleet: FleetIndex, model_ref: str) -> bool | None:
+    """Whether some registered pool (in any status) could host a worker of this model: it
+    can load the model and has a GPU with enough total VRAM. ``None`` when no pool with
+    GPUs is registered at all (nothing can be concluded yet)."""
+    gpus = fleet.counts.gpus
+    if not gpus:
+        return None
+    ref = fleet.models.resolve(model_ref)
+    largest = gpus.largest(ref)
+    return largest is not None and largest >= fleet.models.vram(ref)
 
 
 def _idle(w: WorkerRecord) -> bool:

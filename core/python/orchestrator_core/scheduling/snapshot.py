@@ -1,7 +1,8 @@
 """SchedulingSnapshot: the read-only view one scheduling decision reads.
 
-A snapshot is a thin view over :class:`~orchestrator_core.scheduling.state.ClusterState`
-at a given ``now``: making one copies nothing. It is valid until the state changes; any
+A snapshot is a thin view over the indexes of a
+:class:`~orchestrator_core.scheduling.state.ClusterState` at a given ``now``: making one
+copies nothing. It is valid until the state changes; any
 read after that raises :class:`SnapshotStale` (decide, then apply, then take a new one).
 
 It is the one read API of the state for whoever decides: the built-in scheduler, the
@@ -31,6 +32,16 @@ from orchestrator_core.jobs import Priority
 from orchestrator_core.pools import PoolStatus
 from orchestrator_core.scheduling.catalog import ModelInfo
 from orchestrator_core.scheduling.ctx import CtxCache, build_ctx
+from orchestrator_core.scheduling.fleet_views import (
+    could_ever_fit,
+    free_worker_views,
+    gpu_view,
+    pool_can_load,
+    pool_view,
+    pools_by_status,
+    status_counts,
+    worker_view,
+)
 from orchestrator_core.scheduling.gpu_index import GpuSort
 from orchestrator_core.scheduling.indexes import SortedSeq
 from orchestrator_core.scheduling.placement import Placement
@@ -48,7 +59,7 @@ if TYPE_CHECKING:
     from orchestrator_core.scheduling.demand_index import DemandIndex
     from orchestrator_core.scheduling.fleet_index import FleetIndex
     from orchestrator_core.scheduling.queue_index import QueueIndex
-    from orchestrator_core.scheduling.state import ClusterState
+    from orchestrator_core.scheduling.running import RunningJobs
 
 __all__ = ["Generation", "SchedulingSnapshot", "SnapshotStale", "StateParts"]
 
@@ -78,6 +89,7 @@ class StateParts:
 
     queue: QueueIndex
     demand: DemandIndex
+    running: RunningJobs
     fleet: FleetIndex
     ctx_cache: CtxCache
 
@@ -86,16 +98,22 @@ class SchedulingSnapshot:
     """A read-only view of the cluster at ``now`` (Unix seconds). Cheap to make; every read
     raises :class:`SnapshotStale` once the state has changed."""
 
-    __slots__ = ("_generation", "_parts", "_state", "now", "version")
+    __slots__ = ("_config", "_generation", "_parts", "now", "version")
 
     def __init__(
-        self, state: ClusterState, now: float, parts: StateParts, generation: Generation
+        self,
+        parts: StateParts,
+        generation: Generation,
+        *,
+        now: float,
+        version: int,
+        config: OrchestratorConfig | None,
     ) -> None:
-        self._state = state
         self._parts = parts
         self._generation = generation
+        self._config = config
         self.now = now
-        self.version = state.version
+        self.version = version
 
     @property
     def stale(self) -> bool:
@@ -144,7 +162,7 @@ class SchedulingSnapshot:
         """The configuration the state was built from, if any."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.config
+        return self._config
 
     @property
     def dispatch_seq(self) -> int:
@@ -165,13 +183,14 @@ class SchedulingSnapshot:
         """Whether the job was dispatched and has not finished."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.is_running(job_id)
+        return job_id in self._parts.running
 
     def running_worker(self, job_id: str) -> str | None:
         """The worker a running job was dispatched to, or ``None``."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.running_worker(job_id)
+        run = self._parts.running.get(job_id)
+        return None if run is None else run.worker_id
 
     def jobs(self, limit: int | None = None, *, cls: int | None = None) -> list[QueuedJob]:
         """The first ``limit`` queued jobs in queue order (of one order class if given)."""
@@ -275,19 +294,19 @@ class SchedulingSnapshot:
         """One worker (effective status), or ``None``."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.worker_view(worker_id)
+        return worker_view(self._parts.fleet, worker_id)
 
     def pool(self, pool_id: str) -> PoolView | None:
         """One pool, or ``None``."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.pool_view(pool_id)
+        return pool_view(self._parts.fleet, pool_id)
 
     def gpu(self, pool_id: str, gpu_id: str) -> GpuView | None:
         """One GPU of a pool, or ``None``."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.gpu_view(pool_id, gpu_id)
+        return gpu_view(self._parts.fleet, pool_id, gpu_id)
 
     def pool_ids(self) -> list[str]:
         """Every pool id, sorted."""
@@ -307,7 +326,8 @@ class SchedulingSnapshot:
         """Workers of a model with a free slot, best first for the placement."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.free_workers(model_ref, limit)
+        fleet = self._parts.fleet
+        return free_worker_views(fleet, fleet.models.resolve(model_ref), limit)
 
     def live_slots(self, model_ref: str) -> int:
         """Slots of ready, busy and starting workers of a model (pools not offline)."""
@@ -320,19 +340,19 @@ class SchedulingSnapshot:
         """Whether a pool can start workers of a model."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.pool_can_load(pool_id, model_ref)
+        return pool_can_load(self._parts.fleet, pool_id, model_ref)
 
     def workers_by_status(self) -> dict[str, int]:
         """Workers by effective status."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.status_counts()
+        return status_counts(self._parts.fleet)
 
     def pools_by_status(self) -> dict[str, int]:
         """Pools by status."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.pools_by_status()
+        return pools_by_status(self._parts.fleet)
 
     # -- fleet: records and indexes (planners) -------------------------------------------------
 
@@ -411,7 +431,7 @@ class SchedulingSnapshot:
         """Whether a registered pool could ever host the model (``None``: no GPU known)."""
         if self._generation.stale:
             raise SnapshotStale()
-        return self._state.could_ever_fit(model_ref)
+        return could_ever_fit(self._parts.fleet, model_ref)
 
     # -- catalog --------------------------------------------------------------------------------
 

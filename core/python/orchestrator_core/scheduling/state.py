@@ -137,7 +137,7 @@ class ClusterState(ClusterReads):
         self._queue = QueueIndex(order if order is not None else PriorityOrder(), self._demand)
         self._pool_infos: dict[str, PoolInfo] = {}
         self._sent_at: dict[str, float] = {}
-        self._parts = StateParts(self._queue, self._demand, self._fleet, {})
+        self._parts = StateParts(self._queue, self._demand, self._running, self._fleet, {})
 
     @classmethod
     def from_config(cls, config: OrchestratorConfig) -> ClusterState:
@@ -208,7 +208,9 @@ class ClusterState(ClusterReads):
             self._changed()
         if self._generation is None:
             self._generation = Generation()
-        return SchedulingSnapshot(self, now, self._parts, self._generation)
+        return SchedulingSnapshot(
+            self._parts, self._generation, now=now, version=self._version, config=self.config
+        )
 
     def _changed(self) -> None:
         """Every change: a new version, and the snapshots of the old one go stale."""

@@ -13,17 +13,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator_core.jobs import Priority
-from orchestrator_core.pools import PoolInfo, WorkerStatus
+from orchestrator_core.pools import PoolInfo
 from orchestrator_core.scheduling.catalog import ModelInfo
 from orchestrator_core.scheduling.demand_index import DemandIndex
 from orchestrator_core.scheduling.fleet_index import FleetIndex
 from orchestrator_core.scheduling.fleet_views import (
+    could_ever_fit,
     fleet_problems,
     free_worker_views,
     gpu_view,
+    pool_can_load,
     pool_model_name,
     pool_view,
     pools_by_status,
+    status_counts,
     worker_view,
 )
 from orchestrator_core.scheduling.model_index import ModelIndex
@@ -199,8 +202,7 @@ class ClusterReads:
 
     def pool_can_load(self, pool_id: str, model_ref: str) -> bool:
         """Whether a pool can start workers of this model (it lists it, or lists nothing)."""
-        rec = self._fleet.pools.get(pool_id)
-        return rec is not None and rec.can_load(self._models.resolve(model_ref))
+        return pool_can_load(self._fleet, pool_id, model_ref)
 
     def live_slots(self, model_ref: str) -> int:
         """Slots of ready, busy and starting workers of a model on pools that are not
@@ -209,8 +211,7 @@ class ClusterReads:
 
     def status_counts(self) -> dict[str, int]:
         """Workers by effective status."""
-        counts = self._fleet.counts.status_counts
-        return {str(s): counts[s] for s in WorkerStatus}
+        return status_counts(self._fleet)
 
     def pools_by_status(self) -> dict[str, int]:
         """Pools by status. O(pools)."""
@@ -220,12 +221,7 @@ class ClusterReads:
         """Whether some registered pool (in any status) could host a worker of this model:
         it can load the model and has a GPU with enough total VRAM. ``None`` when no pool
         with GPUs is registered at all (nothing can be concluded yet)."""
-        gpus = self._fleet.counts.gpus
-        if not gpus:
-            return None
-        ref = self._models.resolve(model_ref)
-        largest = gpus.largest(ref)
-        return largest is not None and largest >= self._models.vram(ref)
+        return could_ever_fit(self._fleet, model_ref)
 
     def resolve_model(self, name: str) -> str:
         """Canonical model ref of a ref or alias."""
