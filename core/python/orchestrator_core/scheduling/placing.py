@@ -25,6 +25,7 @@ from orchestrator_core.scheduling.cycle import Cycle
 from orchestrator_core.scheduling.decisions import EvictWorker, Reject, StartWorker
 from orchestrator_core.scheduling.gpu_search import (
     STATUSES,
+    Fit,
     best_fit,
     drain_plans,
     eviction_plans,
@@ -98,16 +99,18 @@ def placement_pass(cycle: Cycle) -> None:
                 if model_ref in handled:
                     continue
                 handled.add(model_ref)
-                if kind == "scale":
-                    demand = snap.model_demand(model_ref) - cycle.dispatched[model_ref]
-                    if demand <= snap.live_slots(model_ref):
-                        continue
-                attempts += 1
-                _place(cycle, model_ref, kind, cycle.head_job(model_ref, cls))
+                if kind == "cold":
+                    attempts += 1
+                    _place_cold(cycle, model_ref, cycle.head_job(model_ref, cls))
+                    continue
+                demand = snap.model_demand(model_ref) - cycle.dispatched[model_ref]
+                if demand > snap.live_slots(model_ref):
+                    attempts += 1
+                    _scale_out(cycle, model_ref, cls)
 
 
-def _place(cycle: Cycle, model_ref: str, kind: str, job_id: str | None) -> None:
-    """Start a worker of a model with queued jobs: on free VRAM, else (cold models only)
+def _place_cold(cycle: Cycle, model_ref: str, job_id: str | None) -> None:
+    """Start a worker of a model with queued jobs and no live worker: on free VRAM, else
     after evicting idle workers; else reject its jobs or note why it waits."""
     snap = cycle.snap
     need = snap.model_vram(model_ref)
@@ -124,29 +127,41 @@ def _place(cycle: Cycle, model_ref: str, kind: str, job_id: str | None) -> None:
                 {"reason": "model_not_found", "model_ref": model_ref},
             )
         return
-    if _start_on_free_vram(cycle, model_ref, kind, note):
-        return
-    if kind == "scale":
-        return  # scale-out never evicts; the model is served, just not fast enough
-    if cycle.limits.eviction.automatic and _start_after_eviction(cycle, model_ref, note):
-        return
-    _cannot_start(cycle, model_ref, note)
-
-
-def _start_on_free_vram(cycle: Cycle, model_ref: str, kind: str, note: dict[str, Any]) -> bool:
-    snap = cycle.snap
-    need: int = note["need_vram_bytes"]
     fit = best_fit(cycle, model_ref, need)
-    if fit is None:
-        return False
+    if fit is not None:
+        _start(cycle, model_ref, "cold_start", fit, note)
+    elif not (cycle.limits.eviction.automatic and _start_after_eviction(cycle, model_ref, note)):
+        _cannot_start(cycle, model_ref, note)
+
+
+def _scale_out(cycle: Cycle, model_ref: str, cls: int) -> None:
+    """One more worker for a model with more queued jobs than live slots, on free VRAM only
+    (scale-out never evicts: the model is served, just not fast enough). The model is known:
+    it has live workers."""
+    need = cycle.snap.model_vram(model_ref)
+    fit = best_fit(cycle, model_ref, need)
+    if fit is not None:
+        note = {"model_ref": model_ref, "job_id": cycle.head_job(model_ref, cls)}
+        _start(cycle, model_ref, "scale_out", fit, {**note, "need_vram_bytes": need})
+
+
+def _start(
+    cycle: Cycle,
+    model_ref: str,
+    reason: str,
+    fit: tuple[Fit, list[Fit]],
+    note: dict[str, Any],
+) -> None:
+    """Start a worker on the best-fitting GPU ``fit`` found for it."""
+    snap = cycle.snap
     (left, pool_id, gpu_id, status), runners = fit
-    cycle.reserved[(pool_id, gpu_id)] += need
+    cycle.reserved[(pool_id, gpu_id)] += note["need_vram_bytes"]
     cycle.actions.append(
         StartWorker(
             pool_id,
             gpu_id,
             model_ref,
-            "cold_start" if kind == "cold" else "scale_out",
+            reason,
             explanation={
                 **note,
                 "fit": "best-fit",
@@ -160,7 +175,6 @@ def _start_on_free_vram(cycle: Cycle, model_ref: str, kind: str, note: dict[str,
             },
         )
     )
-    return True
 
 
 def _start_after_eviction(cycle: Cycle, model_ref: str, note: dict[str, Any]) -> bool:
