@@ -57,12 +57,14 @@ class Proc:
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.log_path = log
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     def _pump(self) -> None:
         assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.put(line)
+        with self.popen.stdout:  # closed at EOF: an open pipe is a ResourceWarning
+            for line in self.popen.stdout:
+                self.lines.put(line)
         self.lines.put(None)
 
     def readline(self, timeout: float = 30.0) -> str | None:
@@ -85,6 +87,7 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout=10)
+        self._pump_thread.join(timeout=10)
         self._log.close()
 
 
