@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
-from orchestratord.processes import DaemonProcess
+from orchestratord.testing.processes import DaemonProcess
 
 CONFIG = """
 [queue]

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from orchestratord.processes import DaemonProcess, PoolProcess, wait_until
+from orchestratord.testing.processes import DaemonProcess, PoolProcess, wait_until
 
 # (model, VRAM GB, popularity weight). Every model takes 14-22 GB of a 24 GB GPU: one worker
 # per GPU, so the 16 GPUs cannot hold every model and its scaled-out copies at once.

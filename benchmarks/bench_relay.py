@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from orchestratord.processes import DaemonProcess, HeartbeatingPool, free_port, wait_until
+from orchestratord.testing.processes import DaemonProcess, HeartbeatingPool, free_port, wait_until
 
 STREAMS = 8
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
-from orchestratord.processes import DaemonProcess, PoolProcess, wait_until
+from orchestratord.testing.processes import DaemonProcess, PoolProcess, wait_until
 
 MODEL = "gemma3-270m"
 PROMPT = "The three most useful things to know about GPUs are"

@@ -11,7 +11,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from orchestratord import create_app
-from orchestratord.processes import DaemonProcess
+from orchestratord.testing.processes import DaemonProcess
 from orchestratord.testing import make_config
 from schemathesis import GenerationMode
 from schemathesis.checks import (

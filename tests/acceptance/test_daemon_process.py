@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from orchestratord.processes import (
+from orchestratord.testing.processes import (
     DaemonProcess,
     EngineProcess,
     HeartbeatingPool,

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from orchestratord.processes import DaemonProcess, PoolProcess, wait_until
+from orchestratord.testing.processes import DaemonProcess, PoolProcess, wait_until
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(120)]
 

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from orchestratord.processes import DaemonProcess, PoolProcess, wait_until
+from orchestratord.testing.processes import DaemonProcess, PoolProcess, wait_until
 
 TERMINAL = ("completed", "failed", "cancelled")
 

@@ -187,7 +187,7 @@ async def test_finished_job_replays_from_the_store(daemon: Daemon) -> None:
     job_id = (await daemon.submit()).json()["job_id"]
     await daemon.until_status(job_id, "completed")
     full = await daemon.events(job_id)
-    daemon.orch.recent.clear()  # forget the in-memory stream: replay comes from the store
+    daemon.orch.ctx.jobs.recent.clear()  # forget the in-memory stream: replay comes from the store
     assert await daemon.events(job_id) == full
     assert await daemon.events(job_id, last=4) == full[4:]
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from orchestratord.processes import wait_until
+from orchestratord.testing.processes import wait_until
 
 from tests.integration.fleet_helpers import Fleet
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from orchestratord.processes import wait_until
+from orchestratord.testing.processes import wait_until
 
 from tests.integration.fleet_helpers import Fleet
 

@@ -23,7 +23,7 @@ from orchestratord import (
     WorkerUnreachable,
 )
 from orchestratord.openai_workers import normalise_finish_reason
-from orchestratord.processes import EngineProcess, free_port, wait_until
+from orchestratord.testing.processes import EngineProcess, free_port, wait_until
 from orchestratord.testing import ScriptedWorkerClient
 from starlette.applications import Starlette
 from starlette.requests import Request

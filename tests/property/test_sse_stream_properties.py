@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from orchestrator_core import JobStatus, PoolRegistration, TaskSubmitRequest
-from orchestratord import MemoryStore, Orchestrator, SchedulingLoop, SqliteStore, Store
+from orchestratord import MemoryStore, Orchestrator, SqliteStore, Store
 from orchestratord.auth import Principal
 from orchestratord.testing import RecordingPoolAgentClient, make_config, pool_registration
 from orchestratord.workers import ExecuteRequest, WorkerEvent, WorkerLost, WorkerUnreachable
@@ -90,22 +90,23 @@ async def scenario(actions: list[str], store: Store | None = None) -> dict[str, 
     worker = ControlledWorkerClient()
     store = store if store is not None else MemoryStore()
     orch = Orchestrator(
-        config, store=store, worker_client=worker, pool_client=RecordingPoolAgentClient()
+        config,
+        store=store,
+        worker_client=worker,
+        pool_client=RecordingPoolAgentClient(),
+        debounce_s=0,
     )
-    loop = SchedulingLoop(orch, debounce_s=0)
-    loop.attach()
     await orch.start()
-    loop.start()
     try:
         who = Principal("anonymous")
-        orch.register_pool(PoolRegistration.parse(pool_registration()), who)
+        orch.fleet.register(PoolRegistration.parse(pool_registration()), who)
         req = TaskSubmitRequest(model="m1", prompt="p", max_tokens=100)
-        job_id = (await orch.submit(req, principal=who, correlation_id="c")).job_id
+        job_id = (await orch.admission.submit(req, principal=who, correlation_id="c")).job_id
         a = orch.active[job_id]
         stops = []
         for action in actions:
             if action in ("cancel", "timeout"):
-                stops.append(asyncio.create_task(orch.stop_job(a, action)))
+                stops.append(asyncio.create_task(orch.lifecycle.stop_job(a, action)))
             elif action != "yield":
                 worker.steps.put_nowait(action)
             for _ in range(3):
@@ -119,13 +120,12 @@ async def scenario(actions: list[str], store: Store | None = None) -> dict[str, 
             if not a.terminal_sent and worker.steps.empty():
                 worker.steps.put_nowait("end")
         if not a.terminal_sent:
-            await orch.stop_job(a, "cancel")
+            await orch.lifecycle.stop_job(a, "cancel")
         await asyncio.gather(*stops)
         stored = await store.events_after(job_id, 0)
         row = await store.get_job(job_id)
         return {"events": list(a.stream.events), "stored": stored, "row": row}
     finally:
-        await loop.stop()
         await orch.stop()
 
 

@@ -148,7 +148,7 @@ def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
         rng=random.Random(4),
     )
     for attempt, nominal in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (9, 10.0)]:
-        delays = [orch.backoff_s(attempt) for _ in range(200)]
+        delays = [orch.ctx.retry.backoff_s(attempt) for _ in range(200)]
         assert all(nominal * 0.8 <= d <= nominal * 1.2 for d in delays)
         assert max(delays) - min(delays) > nominal * 0.2  # the jitter is really there
 
@@ -217,7 +217,7 @@ def test_a_rhai_policy_file_from_the_configuration(tmp_path: Path) -> None:
     script.write_text("fn schedule(ctx) { platform_schedule(ctx) }\n")
     config = make_config(scheduler={"policy": "rhai", "script": str(script)})
     app = orchestratord.create_app(config, store=MemoryStore())
-    assert app.state.scheduling.view().policy == "rhai"
+    assert app.state.orchestrator.scheduling.view().policy == "rhai"
 
 
 def test_a_broken_rhai_policy_file_is_a_config_error(

@@ -1,8 +1,8 @@
 """orchestratord — the llama-orch daemon.
 
-HTTP API and SSE relay (SYSTEM.md §3), durable state in SQLite (§5), the scheduling loop and
-dispatch to workers, pools, metrics and JSON logs. Build an app with :func:`create_app`;
-run the daemon with the ``orchestratord`` console script.
+HTTP API and SSE relay, durable state in SQLite, the scheduling loop and dispatch to workers,
+pools, metrics and JSON logs (contracts: docs/design/README.md; layout: docs/daemon.md). Build
+an app with :func:`create_app`; run the daemon with the ``orchestratord`` console script.
 
 The public API is exactly ``__all__``.
 """
@@ -12,9 +12,12 @@ from orchestratord.auth import Authenticator, Principal
 from orchestratord.cli import build_config, main
 from orchestratord.metrics import Metrics
 from orchestratord.openai_workers import OpenAIWorkerClient
+from orchestratord.orchestrator import Orchestrator
 from orchestratord.pool_agents import HttpPoolAgentClient, PoolAgentClient, PoolRequestFailed
-from orchestratord.runtime import ActiveJob, Orchestrator, estimate_prompt_tokens
-from orchestratord.scheduling_loop import SchedulerUpdate, SchedulerView, SchedulingLoop
+from orchestratord.services.admission import estimate_prompt_tokens
+from orchestratord.services.jobs import ActiveJob
+from orchestratord.services.policies import SchedulerUpdate, SchedulerView
+from orchestratord.services.scheduling import SchedulingLoop
 from orchestratord.sqlite_store import SqliteStore
 from orchestratord.store import JobFilter, JobPage, JobRow, MemoryStore, Store, StoredEvent
 from orchestratord.streams import JobStream, format_sse

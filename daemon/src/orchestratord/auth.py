@@ -1,4 +1,4 @@
-"""Authentication by mode (SYSTEM.md §7).
+"""Authentication by mode (docs/design/http-api.md, *Authentication by mode*).
 
 * ``home`` — loopback bind (enforced by the configuration), no token needed: every caller is
   the local operator.

@@ -16,7 +16,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+import uvicorn
 from orchestrator_core import ConfigInvalid, OrchestratorConfig, load_config
+
+from orchestratord.app import create_app, sqlite_path
+from orchestratord.logs import setup_logging
 
 __all__ = ["EXIT_CONFIG", "build_config", "main"]
 
@@ -67,8 +71,6 @@ def build_config(
 def _check_data_dir(config: OrchestratorConfig) -> str | None:
     if config.persistence.backend != "sqlite":
         return None
-    from orchestratord.app import sqlite_path
-
     path = sqlite_path(config)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -96,11 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad_dir is not None:
         print(f"orchestratord: {bad_dir}", file=sys.stderr)
         return EXIT_CONFIG
-
-    import uvicorn
-
-    from orchestratord.app import create_app
-    from orchestratord.logs import setup_logging
 
     setup_logging(args.log_level)
     try:

@@ -1,4 +1,4 @@
-"""Structured JSON logs with correlation ids and stable event codes (SYSTEM.md §8).
+"""Structured JSON logs with correlation ids and stable event codes (docs/daemon.md, *Logs*).
 
 Every record is one JSON object per line::
 

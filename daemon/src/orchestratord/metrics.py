@@ -1,4 +1,4 @@
-"""Prometheus metrics of the daemon (SYSTEM.md §8). No job ids as labels, ever.
+"""Prometheus metrics of the daemon (docs/daemon.md, *Metrics*). No job ids as labels, ever.
 
 Each app gets its own :class:`Metrics` with its own registry (no process-wide globals), served
 at ``GET /metrics``.

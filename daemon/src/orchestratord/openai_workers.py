@@ -8,7 +8,7 @@ One job is one streamed completion::
          -> text/event-stream of  data: {"choices": [{"text", "finish_reason"}], "usage"?}
                                   data: [DONE]
 
-mapped to the daemon's worker events (SYSTEM.md §3):
+mapped to the daemon's worker events (docs/design/http-api.md, *Calls the daemon makes*):
 
 =====================================  ================================================
 engine                                  :class:`~orchestratord.workers.WorkerEvent`

@@ -1,4 +1,4 @@
-"""Calls the daemon makes to pool agents (SYSTEM.md §3): start and stop workers.
+"""Calls the daemon makes to pool agents (docs/design/http-api.md): start and stop workers.
 
     POST {pool}/v2/workers/start {model_ref, gpu_id, pool_id} -> 2xx {worker_id}
     POST {pool}/v2/workers/stop  {worker_id}                  -> 2xx

@@ -1,4 +1,4 @@
-"""The embedded :class:`~orchestratord.store.Store`: SQLite in WAL mode (SYSTEM.md §5).
+"""The embedded :class:`~orchestratord.store.Store`: SQLite in WAL (docs/design/persistence.md).
 
 Design:
 

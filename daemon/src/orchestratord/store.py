@@ -5,7 +5,7 @@ The daemon keeps two kinds of records:
 * :class:`JobRow` — one row per job: the core :class:`~orchestrator_core.Job` plus what the
   daemon adds (timeout, tokens relayed, when the first token was relayed, the worker's URI,
   the correlation id). The raw prompt is kept only while the job is not finished; a finished
-  job's row holds ``prompt = None`` and the SHA-256 hash (SYSTEM.md §5).
+  job's row holds ``prompt = None`` and the SHA-256 hash (docs/design/persistence.md).
 * :class:`StoredEvent` — the SSE events of a job (``queued``, ``started``, ``token``,
   ``metrics``, ``end``/``error``), numbered from 1, so that a client reconnecting with
   ``Last-Event-ID`` gets exactly what it missed and a finished job replays its result. At most

@@ -9,7 +9,7 @@ Wire format (one event)::
 
     id: 7
     event: token
-    data: {"i": 5, "text": " world"}
+    data: {"i": 5, "t": " world"}
 
 """
 

@@ -1,6 +1,6 @@
 """Talking to workers: the :class:`WorkerClient` protocol and the native worker client.
 
-The native worker protocol (SYSTEM.md §3)::
+The native worker protocol (docs/design/http-api.md, *Calls the daemon makes*)::
 
     POST {worker}/execute  {job_id, prompt, max_tokens, temperature, top_p, top_k,
                             repetition_penalty, stop, seed}

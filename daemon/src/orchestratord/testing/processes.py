@@ -197,15 +197,18 @@ class EngineProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        """Terminate (kill after 5 s)."""
-        if self.proc is None or self.proc.poll() is not None:
+        """Terminate (kill after 5 s) and close the pipe it printed its URL on."""
+        if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def __enter__(self) -> EngineProcess:
         return self.start() if self.proc is None else self

@@ -1,0 +1,175 @@
+"""The error envelope on every path, correlation ids, and bounded request bodies.
+
+Every error — unknown routes (404), wrong methods (405), bodies that are too large (413),
+malformed JSON, invalid fields, refusals, unexpected failures (500) — is answered with the
+envelope ``{"error": {"code", "message", "details", "correlation_id"}}`` and the HTTP status
+of its stable code. ``X-Correlation-Id`` is accepted when it matches
+``^[A-Za-z0-9-]{1,64}$``, replaced otherwise, generated when absent, returned on every
+response and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from orchestrator_core import ErrorCode, OrchestratorError, RequestInvalid, http_status_for
+from orchestrator_core.errors import FieldError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orchestratord.logs import correlation_id_var, log
+
+__all__ = [
+    "CorrelationMiddleware",
+    "correlation_id",
+    "error_response",
+    "install_error_handlers",
+    "read_body",
+]
+
+_CORRELATION_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+def correlation_id() -> str:
+    """The correlation id of the request being served (a fresh one outside a request)."""
+    return correlation_id_var.get() or uuid.uuid4().hex
+
+
+def error_response(err: OrchestratorError, status: int | None = None) -> JSONResponse:
+    """The envelope of ``err`` with its status (from the code table unless given)."""
+    if status is None:
+        status = http_status_for(err.code)
+    headers: dict[str, str] = {}
+    if err.code in (ErrorCode.QUEUE_FULL, ErrorCode.QUOTA_EXCEEDED):
+        headers["Retry-After"] = str(int(err.details.get("retry_after_s", 1)))
+    if err.code is ErrorCode.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(err.to_envelope(correlation_id()), status_code=status, headers=headers)
+
+
+def _query_errors(exc: RequestValidationError) -> RequestInvalid:
+    errors: list[FieldError] = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "header", "path")]
+        name = ".".join(loc) or "query"
+        got = repr(err.get("input"))[:60]
+        kind = str(err.get("type", ""))
+        ctx = err.get("ctx") or {}
+        if kind == "missing":
+            errors.append(FieldError(name, ErrorCode.INVALID_REQUEST, f"{name}: is required"))
+            continue
+        if kind == "literal_error":
+            expected = str(ctx.get("expected", "")).replace("'", "")
+            msg = f"{name}: must be one of {expected}, got {got}"
+        elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+            bound = next(iter(ctx.values()), "?")
+            op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">"}.get(
+                kind, "<"
+            )
+            msg = f"{name}: must be {op} {bound}, got {got}"
+        elif kind.startswith("int"):
+            msg = f"{name}: must be an integer, got {got}"
+        else:
+            msg = f"{name}: {str(err.get('msg', 'invalid')).lower()}"
+        errors.append(FieldError(name, ErrorCode.INVALID_PARAMETER, msg))
+    return RequestInvalid(errors or [FieldError("query", ErrorCode.INVALID_REQUEST, "invalid")])
+
+
+class CorrelationMiddleware:
+    """Pure ASGI middleware: correlation id in and out, and a last-resort error envelope for
+    anything unexpected (500 INTERNAL, no stack trace in the reply)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-correlation-id":
+                incoming = value.decode("latin-1")
+                break
+        cid = incoming if incoming and _CORRELATION_RE.match(incoming) else uuid.uuid4().hex
+        token = correlation_id_var.set(cid)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-correlation-id", cid.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log(
+                "http.error",
+                "unhandled error",
+                level=logging.ERROR,
+                exc_info=True,
+                path=scope.get("path"),
+            )
+            if not started:
+                err = OrchestratorError("internal error", code=ErrorCode.INTERNAL)
+                await error_response(err)(scope, receive, send_with_id)
+        finally:
+            correlation_id_var.reset(token)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (413) without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise OrchestratorError(
+            f"body: larger than {limit} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise OrchestratorError(
+                f"body: larger than {limit} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer refusals, routing errors and query/header validation errors with the
+    envelope (never FastAPI's 422)."""
+
+    @app.exception_handler(OrchestratorError)
+    async def _orchestrator_error(_r: Request, exc: OrchestratorError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            msg, code = f"no route {request.method} {request.url.path}", ErrorCode.ROUTE_NOT_FOUND
+        elif exc.status_code == 405:
+            msg = f"method {request.method} not allowed on {request.url.path}"
+            code = ErrorCode.METHOD_NOT_ALLOWED
+        elif exc.status_code == 413:
+            msg, code = str(exc.detail), ErrorCode.PAYLOAD_TOO_LARGE
+        else:
+            msg = str(exc.detail)
+            code = ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL
+        response = error_response(OrchestratorError(msg, code=code), status=exc.status_code)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_query_errors(exc))

@@ -1,0 +1,162 @@
+"""The composition root: :class:`Orchestrator` builds the daemon's services and runs them.
+
+Life of a job, and the service that handles each step::
+
+    submit ─► queued ─────────────► running on a worker ─────────► end | error
+    (admission)  ▲   (scheduling)       (relay)        │         (lifecycle)
+                 └──── backoff ◄── fault before the 1st token ─┘  (lifecycle)
+
+Every service reads and changes the one model of the cluster
+(:class:`~orchestratord.services.cluster.Cluster`) and applies every change to a job through
+the store first: an event reaches a client only after it is committed, and a job is
+admitted (202) only after its row is durably committed. At start, unfinished jobs are
+recovered (:mod:`~orchestratord.services.recovery`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from orchestrator_core import OrchestratorConfig
+from orchestrator_core.retry import RetryPolicy
+from orchestrator_core.scheduling.scheduler import SchedulerRegistry
+
+from orchestratord.logs import log
+from orchestratord.metrics import Metrics
+from orchestratord.pool_agents import PoolAgentClient
+from orchestratord.services.admission import Admission
+from orchestratord.services.cluster import Cluster
+from orchestratord.services.context import Clock, Context
+from orchestratord.services.events import EventWriter
+from orchestratord.services.fleet import Fleet
+from orchestratord.services.jobs import ActiveJob
+from orchestratord.services.lifecycle import Lifecycle
+from orchestratord.services.recovery import recover
+from orchestratord.services.relay import Relay
+from orchestratord.services.scheduling import SchedulingLoop
+from orchestratord.services.views import Views
+from orchestratord.store import Store
+from orchestratord.workers import WorkerClient
+
+__all__ = ["Orchestrator"]
+
+_PURGE_EVERY_S = 600.0
+
+
+class Orchestrator:
+    """The live daemon (see the module docstring): create, ``await start()``, serve,
+    ``await stop()``. Everything runs on one event loop; policy calls run in a thread.
+
+    Its parts, for the HTTP layer and for tests: :attr:`ctx` (shared state: configuration,
+    store, cluster model, live jobs, metrics, clock), :attr:`admission`, :attr:`lifecycle`,
+    :attr:`relay`, :attr:`fleet`, :attr:`views` and :attr:`scheduling`.
+    """
+
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        *,
+        store: Store,
+        worker_client: WorkerClient,
+        pool_client: PoolAgentClient,
+        clock: Clock = time.time,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+        scheduler_registry: SchedulerRegistry | None = None,
+        debounce_s: float = 0.002,
+    ) -> None:
+        self.ctx = Context(
+            config=config,
+            store=store,
+            worker_client=worker_client,
+            pool_client=pool_client,
+            cluster=Cluster.from_config(config),
+            retry=RetryPolicy.from_config(config.retry, rng),
+            clock=clock,
+            metrics=metrics or Metrics(),
+        )
+        events = EventWriter(store)
+        self.lifecycle = Lifecycle(self.ctx, events)
+        self.admission = Admission(self.ctx, self.lifecycle)
+        self.relay = Relay(self.ctx, events, self.lifecycle)
+        self.fleet = Fleet(self.ctx, self.lifecycle)
+        self.views = Views(self.ctx)
+        self.scheduling = SchedulingLoop(
+            self.ctx,
+            relay=self.relay,
+            lifecycle=self.lifecycle,
+            fleet=self.fleet,
+            debounce_s=debounce_s,
+            registry=scheduler_registry,
+        )
+        self.views.explain = self.scheduling.explain
+
+    # -- shortcuts -------------------------------------------------------------------------
+
+    @property
+    def config(self) -> OrchestratorConfig:
+        """The configuration."""
+        return self.ctx.config
+
+    @property
+    def store(self) -> Store:
+        """The store."""
+        return self.ctx.store
+
+    @property
+    def metrics(self) -> Metrics:
+        """The metrics."""
+        return self.ctx.metrics
+
+    @property
+    def ready(self) -> bool:
+        """Recovery is done and the store is open."""
+        return self.ctx.ready
+
+    def clock(self) -> float:
+        """The daemon's clock (Unix seconds)."""
+        return self.ctx.clock()
+
+    @property
+    def active(self) -> dict[str, ActiveJob]:
+        """Live jobs by id."""
+        return self.ctx.jobs.active
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, recover unfinished jobs, start the timers and the scheduler."""
+        await self.ctx.store.open()
+        await recover(self.ctx, self.lifecycle)
+        self.ctx.started_at = self.ctx.clock()
+        self.ctx.tasks.spawn(self.fleet.sweep_forever(), name="pool-sweep")
+        self.ctx.tasks.spawn(self._purge_forever(), name="result-purge")
+        self.ctx.ready = True
+        self.scheduling.start()
+
+    async def stop(self) -> None:
+        """Stop serving: relays are cut (their jobs stay running in the store, so the next
+        start recovers them), background tasks end, the store is closed."""
+        self.ctx.ready = False
+        await self.scheduling.stop()
+        relays = []
+        for a in self.ctx.jobs:
+            a.cancel_timers()
+            if a.relay is not None:
+                relays.append(a.relay)
+        await self.ctx.tasks.cancel_all(*relays)
+        await self.ctx.store.close()
+        await self.ctx.worker_client.aclose()
+        await self.ctx.pool_client.aclose()
+
+    async def _purge_forever(self) -> None:
+        retention = self.ctx.config.persistence.result_retention_s
+        while True:
+            try:
+                await self.ctx.store.purge_results(self.ctx.clock() - retention)
+            except Exception:
+                log("http.error", "result purge failed", level=logging.ERROR, exc_info=True)
+            await asyncio.sleep(_PURGE_EVERY_S)

@@ -1,0 +1,251 @@
+"""Admission: a validated request becomes a durably queued job, or a refusal with a code.
+
+Steps of :meth:`Admission.submit`:
+
+1. resolve the model (the catalog, or a model a pool that is not offline reports);
+2. check the context: prompt tokens, estimated as UTF-8 bytes / 4 rounded up, plus
+   ``max_tokens`` must fit the model's context length (CONTEXT_TOO_LARGE);
+3. check ``timeout_s`` against ``timeout.max_s``;
+4. ask the library's pure :func:`~orchestrator_core.scheduling.admit` about the tenant's quota
+   and the queue's capacity and full-queue policy (QUOTA_EXCEEDED / QUEUE_FULL, 429 with
+   Retry-After; or room made by dropping the oldest batch job);
+5. commit the job row and its ``queued`` event durably (with the dropped job's end, if any);
+6. only then add the job to the cluster model, where the scheduler sees it, and answer 202.
+
+Admissions in flight (between 4 and 6) are *reserved*: they count against capacity and
+quotas, so concurrent admissions never overshoot them; a reservation ends when its job
+enters the model. Under drop-oldest-batch, a job that finds the queue's last room held by
+admissions in flight waits until one of them has entered the queue (it can then be
+dropped) and decides again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+
+from orchestrator_core import (
+    ErrorCode,
+    Job,
+    JobStatus,
+    ModelNotFound,
+    OrchestratorError,
+    PoolStatus,
+    RequestInvalid,
+    TaskSubmitRequest,
+    TaskSubmitResponse,
+)
+from orchestrator_core.errors import FieldError
+from orchestrator_core.queues import FullQueuePolicy
+from orchestrator_core.scheduling import AdmissionLimits, Admitted, ClusterState, Refused, admit
+
+from orchestratord.auth import Principal
+from orchestratord.logs import log
+from orchestratord.services.context import Context
+from orchestratord.services.events import EventWriter
+from orchestratord.services.jobs import ActiveJob
+from orchestratord.services.lifecycle import Lifecycle
+from orchestratord.store import JobRow, StoredEvent
+from orchestratord.streams import JobStream
+
+__all__ = ["Admission", "estimate_prompt_tokens"]
+
+_DROPPED = "dropped from a full queue to make room (drop-oldest-batch)"
+
+
+def estimate_prompt_tokens(prompt: str) -> int:
+    """Estimated token count of ``prompt``: UTF-8 bytes / 4, rounded up (≈ 4 bytes per token
+    for English text with common tokenizers; conservative for most other text)."""
+    return math.ceil(len(prompt.encode("utf-8")) / 4)
+
+
+class Admission:
+    """Admits new jobs (see the module docstring)."""
+
+    def __init__(self, ctx: Context, lifecycle: Lifecycle) -> None:
+        self.ctx = ctx
+        self.lifecycle = lifecycle
+        self.limits = AdmissionLimits.from_config(ctx.config)
+        self._reserved = 0
+        self._reserved_by_tenant: Counter[str] = Counter()
+        self._released = asyncio.Event()
+        """Set (and replaced) whenever an admission in flight ends."""
+
+    def resolve_model(self, name: str) -> tuple[str, int | None]:
+        """``(model_ref, context_length)`` of a model name or alias known to the catalog or
+        reported by a pool that is not offline; :class:`ModelNotFound` otherwise."""
+        entry = self.ctx.cluster.state.catalog.get(name)
+        if entry is not None:
+            return entry.model_ref, entry.context_length
+        for pool in self.ctx.cluster.pools():
+            if pool.status is PoolStatus.OFFLINE:
+                continue
+            if name in pool.models or any(w.model_ref == name for w in pool.workers):
+                return name, None
+        raise ModelNotFound(name)
+
+    async def submit(
+        self, req: TaskSubmitRequest, *, principal: Principal, correlation_id: str
+    ) -> TaskSubmitResponse:
+        """Admit a validated request; returns after the durable commit. Raises
+        :class:`OrchestratorError` with a stable code on refusal."""
+        t0 = time.perf_counter()
+        try:
+            response = await self._admit(req, principal, correlation_id)
+        except OrchestratorError as err:
+            self.ctx.metrics.tasks_rejected.labels(str(err.code)).inc()
+            log("job.rejected", err.message, code=str(err.code), level=logging.DEBUG)
+            raise
+        self.ctx.metrics.admission_latency.observe(time.perf_counter() - t0)
+        return response
+
+    def _check(self, req: TaskSubmitRequest) -> tuple[str, float]:
+        """Model, context and timeout checks; returns ``(model_ref, timeout_s)``."""
+        if not self.ctx.ready:
+            raise OrchestratorError("the orchestrator is starting", code=ErrorCode.POOL_UNAVAILABLE)
+        model_ref, context = self.resolve_model(req.model)
+        if context is not None:
+            needed = estimate_prompt_tokens(req.prompt) + req.max_tokens
+            if needed > context:
+                raise OrchestratorError(
+                    f"prompt (~{needed - req.max_tokens} tokens) + max_tokens ({req.max_tokens})"
+                    f" exceeds the context of {model_ref} ({context} tokens)",
+                    code=ErrorCode.CONTEXT_TOO_LARGE,
+                    details={"model": model_ref, "context_length": context, "needed": needed},
+                )
+        timeout = self.ctx.config.timeout
+        timeout_s = timeout.default_s if req.timeout_s is None else req.timeout_s
+        if timeout_s > timeout.max_s:
+            message = f"timeout_s: must be <= {timeout.max_s}, got {timeout_s}"
+            raise RequestInvalid([FieldError("timeout_s", ErrorCode.INVALID_PARAMETER, message)])
+        return model_ref, float(timeout_s)
+
+    async def _admit(
+        self, req: TaskSubmitRequest, principal: Principal, correlation_id: str
+    ) -> TaskSubmitResponse:
+        model_ref, timeout_s = self._check(req)
+        job = Job.from_request(req, now=self.ctx.clock(), tenant_id=principal.tenant)
+        job.model_ref = model_ref
+        decision, dropped = await self._decide(job)
+        row = JobRow(job=job, timeout_s=timeout_s, correlation_id=correlation_id)
+        a = ActiveJob(row=row, stream=JobStream(job.job_id), last_reserved=1)  # 1: queued
+        queued = EventWriter.queued_event(job.job_id, decision.position, model_ref)
+        rows, events = [row], [queued]
+        if dropped is not None:
+            victim, ended = dropped
+            rows.append(ended)
+            events.append(EventWriter.ended_event(victim.job_id, ended, victim.last_reserved + 1))
+        self.ctx.jobs.add(a)
+        self._reserve(job, +1)
+        try:
+            await self.ctx.store.commit(jobs=rows, events=events, durable=True)
+        except Exception:
+            self._reserve(job, -1)
+            self.ctx.jobs.discard(job.job_id)
+            self._undrop(dropped)
+            log("http.error", "admission commit failed", level=logging.ERROR, exc_info=True)
+            raise OrchestratorError("could not store the job", code=ErrorCode.INTERNAL) from None
+        a.stream.publish(queued)
+        a.pending = False
+        self.ctx.cluster.mutate(lambda state: self._enter(state, job))
+        if dropped is not None:
+            self._dropped(dropped, events[-1])
+        self.lifecycle.arm_deadline(a)
+        self.ctx.metrics.tasks_enqueued.labels(str(job.priority)).inc()
+        log(
+            "job.admitted",
+            "job queued",
+            job_id=job.job_id,
+            model=model_ref,
+            priority=str(job.priority),
+            position=decision.position,
+        )
+        self.ctx.changed()
+        position = self.ctx.cluster.position(job.job_id)
+        return TaskSubmitResponse(
+            job_id=job.job_id,
+            queue_position=decision.position if position is None else position,
+            events_url=f"/v2/tasks/{job.job_id}/events",
+        )
+
+    async def _decide(self, job: Job) -> tuple[Admitted, tuple[ActiveJob, JobRow] | None]:
+        """The library's admission decision, counting the admissions in flight. A full queue
+        whose room is held by admissions in flight (which drop-oldest-batch cannot drop yet)
+        is decided again once one of them has entered the queue; a decision to drop a job
+        waits until the model can take it out at once (no policy call reading it)."""
+        while True:
+            decision = admit(
+                self.ctx.cluster.state,
+                job,
+                self.limits,
+                reserved=self._reserved,
+                reserved_by_tenant=self._reserved_by_tenant,
+            )
+            if not isinstance(decision, Refused):
+                if decision.dropped is None:
+                    return decision, None
+                if not self.ctx.cluster.is_frozen:
+                    dropped = self._drop(decision.dropped)
+                    if dropped is not None:
+                        return decision, dropped
+                    await asyncio.sleep(0)  # it is ending right now: decide again
+                    continue
+                # The job to drop leaves the model only once the policy call returns.
+                await self.ctx.cluster.thawed()
+                continue
+            waiting_on_reserved = (
+                decision.error.code is ErrorCode.QUEUE_FULL
+                and self.limits.full_policy is FullQueuePolicy.DROP_OLDEST_BATCH
+                and self._reserved > 0
+            )
+            if not waiting_on_reserved:
+                raise decision.error
+            await self._released.wait()
+
+    def _enter(self, state: ClusterState, job: Job) -> None:
+        """A committed job enters the cluster model; its reservation ends."""
+        self._reserve(job, -1)
+        if job.status is JobStatus.QUEUED and state.get_job(job.job_id) is None:
+            state.add_job(job)
+
+    def _reserve(self, job: Job, delta: int) -> None:
+        self._reserved += delta
+        if job.tenant_id is not None:
+            self._reserved_by_tenant[job.tenant_id] += delta
+            if self._reserved_by_tenant[job.tenant_id] <= 0:
+                del self._reserved_by_tenant[job.tenant_id]
+        if delta < 0:
+            released, self._released = self._released, asyncio.Event()
+            released.set()
+
+    def _drop(self, job_id: str | None) -> tuple[ActiveJob, JobRow] | None:
+        """Take the job chosen to make room out of the queue; returns it with its ended row
+        (a copy: the job itself ends only once that row is stored)."""
+        a = None if job_id is None else self.ctx.jobs.visible(job_id)
+        if a is None or not a.eligible:
+            return None
+        a.closing = True
+        self.ctx.cluster.unqueue(a.job_id)
+        ended = a.row.copy()
+        ended.job.fail(ErrorCode.QUEUE_FULL, _DROPPED, now=self.ctx.clock())
+        return a, ended
+
+    def _undrop(self, dropped: tuple[ActiveJob, JobRow] | None) -> None:
+        """The admission that dropped a job failed to commit: that job stays queued."""
+        if dropped is not None:
+            a, _ = dropped
+            a.closing = False
+            self.ctx.cluster.enqueue(a.job)
+
+    def _dropped(self, dropped: tuple[ActiveJob, JobRow], terminal: StoredEvent) -> None:
+        a, ended = dropped
+        a.row = ended
+        a.last_reserved = terminal.event_id
+        a.terminal_sent = True
+        a.stream.publish(terminal)
+        self.ctx.metrics.tasks_dropped.inc()
+        log("job.dropped", "dropped by drop-oldest-batch", job_id=a.job_id)
+        self.lifecycle.retire(a)
