@@ -35,6 +35,14 @@ class TaskList(BaseModel):
 def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
     """The ``/v2/tasks`` routes over ``orch``."""
     api = APIRouter(tags=["tasks"])
+    _jobs(api, orch, auth)
+    _cancel(api, orch, auth)
+    _events(api, orch, auth)
+    return api
+
+
+def _jobs(api: APIRouter, orch: Orchestrator, auth: Authenticator) -> None:
+    """Submit, list, one job's status."""
     limit = orch.config.server.max_body_bytes
 
     @api.post(
@@ -89,6 +97,10 @@ def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
         who = auth.authenticate(request.headers.get("authorization"), "client")
         return await orch.views.status(job_id, who)
 
+
+def _cancel(api: APIRouter, orch: Orchestrator, auth: Authenticator) -> None:
+    """Cancel, by DELETE or POST (idempotent)."""
+
     async def cancel(request: Request, job_id: str) -> JobStatusResponse:
         who = auth.authenticate(request.headers.get("authorization"), "client")
         a = orch.ctx.jobs.visible(job_id)
@@ -119,6 +131,10 @@ def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
             summary=summary,
             name=name,
         )
+
+
+def _events(api: APIRouter, orch: Orchestrator, auth: Authenticator) -> None:
+    """Follow a job's events over SSE."""
 
     @api.get(
         "/v2/tasks/{job_id}/events",
@@ -165,5 +181,3 @@ def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
                     orch.lifecycle.unsubscribe(live)
 
         return StreamingResponse(follow(), media_type="text/event-stream", headers=_SSE_HEADERS)
-
-    return api
