@@ -31,6 +31,7 @@ __all__ = [
     "HeartbeatingPool",
     "PoolProcess",
     "free_port",
+    "stop_child",
     "wait_until",
 ]
 
@@ -61,6 +62,23 @@ def _script(name: str) -> str:
     if found is None:
         raise FileNotFoundError(f"{name} is not installed")
     return found
+
+
+def stop_child(proc: subprocess.Popen[Any] | None, *, grace_s: float) -> None:
+    """Stop a child started with ``start_new_session=True``: SIGTERM, then SIGKILL to its
+    whole process group after ``grace_s``; close its stdout pipe if it has one."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 class _ChildProcess:
@@ -197,18 +215,8 @@ class EngineProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        """Terminate (kill after 5 s) and close the pipe it printed its URL on."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        """SIGTERM; SIGKILL to its process group after 5 s; close its URL pipe."""
+        stop_child(self.proc, grace_s=5.0)
 
     def __enter__(self) -> EngineProcess:
         return self.start() if self.proc is None else self
@@ -274,18 +282,7 @@ class PoolProcess(_ChildProcess):
 
     def stop(self) -> None:
         """SIGTERM; SIGKILL to the whole process group after ``stop_timeout_s``."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        stop_child(self.proc, grace_s=self.stop_timeout_s)
 
 
 @dataclass
