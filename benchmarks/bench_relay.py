@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from orchestratord.testing.processes import DaemonProcess, HeartbeatingPool, free_port, wait_until
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
 
 STREAMS = 8
 
@@ -49,11 +54,6 @@ context_length = 1000000
 
 def serve_engine(port: int) -> None:
     """A native-protocol engine whose token text is its emission time (monotonic)."""
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, StreamingResponse
-    from starlette.routing import Route
 
     async def execute(request: Request) -> StreamingResponse:
         body = await request.json()

@@ -11,8 +11,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from orchestratord import create_app
-from orchestratord.testing.processes import DaemonProcess
 from orchestratord.testing import make_config
+from orchestratord.testing.processes import DaemonProcess
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,

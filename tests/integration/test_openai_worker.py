@@ -23,8 +23,8 @@ from orchestratord import (
     WorkerUnreachable,
 )
 from orchestratord.openai_workers import normalise_finish_reason
-from orchestratord.testing.processes import EngineProcess, free_port, wait_until
 from orchestratord.testing import ScriptedWorkerClient
+from orchestratord.testing.processes import EngineProcess, free_port, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from orchestrator_core import ConfigInvalid, OrchestratorConfig, load_config
+from orchestrator_core.scheduling import builtin_scheduler_from_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config" / "orchestrator.toml"
 
@@ -168,7 +169,6 @@ def test_the_effective_config_round_trips_through_plain_data() -> None:
 
 
 def test_the_scheduler_knobs_reach_the_built_in_scheduler() -> None:
-    from orchestrator_core.scheduling import builtin_scheduler_from_config
 
     cfg = OrchestratorConfig.from_toml(
         "[scheduler]\nscale_out = false\ndrain_after_s = 5\nmax_drains = 0\nmax_actions = 8"

@@ -8,6 +8,7 @@ compiling.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,6 @@ def test_every_helper_is_documented_in_the_policy_guide() -> None:
 
 
 def test_the_prelude_and_the_sample_ship_as_package_data() -> None:
-    from importlib import resources
 
     package = resources.files("orchestrator_core.rhai")
     assert package.joinpath("prelude.rhai").is_file()

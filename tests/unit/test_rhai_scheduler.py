@@ -35,7 +35,7 @@ from orchestrator_core.scheduling import (
     default_registry,
 )
 from orchestrator_core.scheduling.state import ClusterState
-from orchestrator_core.testing import cluster
+from orchestrator_core.testing import cluster, make_job
 
 
 def small_state(*, evil: bool = False) -> ClusterState:
@@ -136,7 +136,6 @@ def test_ctx_follows_the_contract_and_says_the_queue_is_windowed() -> None:
 
 
 def _job(job_id: str) -> Any:
-    from orchestrator_core.testing import make_job
 
     return make_job(job_id, "llama", queued_at=50.0)
 

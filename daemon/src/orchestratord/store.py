@@ -117,32 +117,12 @@ class JobPage:
 
 def params_to_json(params: JobParams) -> str:
     """Serialise sampling parameters."""
-    return json.dumps(
-        {
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "top_k": params.top_k,
-            "repetition_penalty": params.repetition_penalty,
-            "stop": list(params.stop),
-            "seed": params.seed,
-        },
-        separators=(",", ":"),
-    )
+    return json.dumps(params.to_dict(), separators=(",", ":"))
 
 
 def params_from_json(text: str) -> JobParams:
     """Inverse of :func:`params_to_json`."""
-    raw = json.loads(text)
-    return JobParams(
-        max_tokens=int(raw["max_tokens"]),
-        temperature=float(raw["temperature"]),
-        top_p=float(raw["top_p"]),
-        top_k=int(raw["top_k"]),
-        repetition_penalty=float(raw["repetition_penalty"]),
-        stop=tuple(raw.get("stop") or ()),
-        seed=raw.get("seed"),
-    )
+    return JobParams.from_mapping(json.loads(text))
 
 
 def row_values(row: JobRow) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
@@ -82,24 +82,14 @@ class ExecuteRequest(JobParams):
         cls, params: JobParams, *, job_id: str, prompt: str, model: str = "", protocol: str = ""
     ) -> ExecuteRequest:
         """The request running a job with ``params`` on a worker."""
-        sampling = {f.name: getattr(params, f.name) for f in fields(JobParams)}
+        sampling = {**params.to_dict(), "stop": params.stop}
         return cls(
             job_id=job_id, prompt=prompt, model=model, protocol=protocol or "llorch", **sampling
         )
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body of the native ``POST /execute``."""
-        return {
-            "job_id": self.job_id,
-            "prompt": self.prompt,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "repetition_penalty": self.repetition_penalty,
-            "stop": list(self.stop),
-            "seed": self.seed,
-        }
+        return {"job_id": self.job_id, "prompt": self.prompt, **self.to_dict()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator_core.api import field_error
+from orchestrator_core.api import field_errors
 from orchestrator_core.config import OrchestratorConfig
 from orchestrator_core.errors import ConfigInvalid, ErrorCode, OrchestratorError, RequestInvalid
 from orchestrator_core.jobs import Job, JobParams, JobStatus, Priority
@@ -181,7 +181,7 @@ def snapshot_from_json(data: str | bytes | Mapping[str, Any]) -> SchedulingSnaps
     try:
         doc = _Document.model_validate(dict(data))
     except ValidationError as exc:
-        problems = [field_error(_Document, e).message for e in exc.errors()]
+        problems = [e.message for e in field_errors(exc, _Document)]
         raise SnapshotInvalid(problems) from None
     pools: list[PoolInfo] = []
     for i, raw in enumerate(doc.pools):
@@ -227,15 +227,7 @@ def snapshot_from_json(data: str | bytes | Mapping[str, Any]) -> SchedulingSnaps
                 job_id=j.job_id,
                 model_ref=j.model_ref,
                 prompt=None,
-                params=JobParams(
-                    max_tokens=p.max_tokens,
-                    temperature=p.temperature,
-                    top_p=p.top_p,
-                    top_k=p.top_k,
-                    repetition_penalty=p.repetition_penalty,
-                    stop=tuple(p.stop),
-                    seed=p.seed,
-                ),
+                params=JobParams.from_mapping(p.model_dump()),
                 priority=Priority(j.priority),
                 session_id=j.session_id,
                 tenant_id=j.tenant_id,
@@ -444,7 +436,6 @@ def snapshot_document(snapshot: SchedulingSnapshot) -> dict[str, Any]:
     jobs = []
     for qj in snapshot.jobs():
         job = qj.job
-        prm = job.params
         jobs.append(
             {
                 "job_id": job.job_id,
@@ -456,15 +447,7 @@ def snapshot_document(snapshot: SchedulingSnapshot) -> dict[str, Any]:
                 "queued_at": job.queued_at,
                 "attempts": job.attempts,
                 "prompt_hash": job.prompt_hash,
-                "params": {
-                    "max_tokens": prm.max_tokens,
-                    "temperature": prm.temperature,
-                    "top_p": prm.top_p,
-                    "top_k": prm.top_k,
-                    "repetition_penalty": prm.repetition_penalty,
-                    "stop": list(prm.stop),
-                    "seed": prm.seed,
-                },
+                "params": job.params.to_dict(),
             }
         )
     return {

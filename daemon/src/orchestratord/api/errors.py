@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from orchestrator_core import ErrorCode, OrchestratorError, RequestInvalid, http_status_for
-from orchestrator_core.errors import FieldError
+from orchestrator_core.api import request_invalid
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -53,31 +53,7 @@ def error_response(err: OrchestratorError, status: int | None = None) -> JSONRes
 
 
 def _query_errors(exc: RequestValidationError) -> RequestInvalid:
-    errors: list[FieldError] = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "header", "path")]
-        name = ".".join(loc) or "query"
-        got = repr(err.get("input"))[:60]
-        kind = str(err.get("type", ""))
-        ctx = err.get("ctx") or {}
-        if kind == "missing":
-            errors.append(FieldError(name, ErrorCode.INVALID_REQUEST, f"{name}: is required"))
-            continue
-        if kind == "literal_error":
-            expected = str(ctx.get("expected", "")).replace("'", "")
-            msg = f"{name}: must be one of {expected}, got {got}"
-        elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-            bound = next(iter(ctx.values()), "?")
-            op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">"}.get(
-                kind, "<"
-            )
-            msg = f"{name}: must be {op} {bound}, got {got}"
-        elif kind.startswith("int"):
-            msg = f"{name}: must be an integer, got {got}"
-        else:
-            msg = f"{name}: {str(err.get('msg', 'invalid')).lower()}"
-        errors.append(FieldError(name, ErrorCode.INVALID_PARAMETER, msg))
-    return RequestInvalid(errors or [FieldError("query", ErrorCode.INVALID_REQUEST, "invalid")])
+    return request_invalid(exc.errors(), skip_loc=("query", "header", "path"), root="query")
 
 
 class CorrelationMiddleware:
