@@ -1,27 +1,29 @@
 """The Rhai ``ctx`` map of a snapshot (docs/design/rhai-policies.md).
 
-Built from the snapshot's public reads only: the queue windowed to the first ``window``
-jobs of each order class (with counts in ``queue_info``), pools with GPUs and workers, the
-catalog, tenants, metrics, a config summary and ``now`` — times in Unix milliseconds. Each
-pool's map is cached per pool revision, so a policy call pays only for the pools that
-changed since the last one.
+Built from the state's parts (the ones a snapshot reads, through their public methods):
+the queue windowed to the first ``window`` jobs of each order class (with counts in
+``queue_info``), pools with GPUs and workers, the catalog, tenants, metrics, a config
+summary and ``now`` — times in Unix milliseconds. Each pool's map is cached per pool
+revision, so a policy call pays only for the pools that changed since the last one.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator_core.config import OrchestratorConfig
 from orchestrator_core.jobs import Priority
+from orchestrator_core.scheduling.fleet_views import (
+    gpu_view,
+    pool_view,
+    pools_by_status,
+    status_counts,
+    worker_view,
+)
+from orchestrator_core.scheduling.parts import StateParts
 from orchestrator_core.scheduling.views import QueuedJob
 
-if TYPE_CHECKING:
-    from orchestrator_core.scheduling.snapshot import SchedulingSnapshot
-
-__all__ = ["CtxCache", "build_ctx"]
-
-CtxCache = dict[str, tuple[int, dict[str, Any]]]
-"""Pool id -> (pool revision, the pool's ctx map without its heartbeat age)."""
+__all__ = ["build_ctx"]
 
 _DEFAULT_CONFIG = OrchestratorConfig()
 
@@ -30,72 +32,77 @@ def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
 
 
-def build_ctx(snap: SchedulingSnapshot, window: int | None, cache: CtxCache) -> dict[str, Any]:
-    """The ctx map of ``snap`` (see
+def build_ctx(
+    parts: StateParts, now: float, window: int | None, config: OrchestratorConfig | None
+) -> dict[str, Any]:
+    """The ctx map of the state's ``parts`` at ``now`` (see
     :meth:`~orchestrator_core.scheduling.snapshot.SchedulingSnapshot.to_ctx`)."""
-    config = snap.config if snap.config is not None else _DEFAULT_CONFIG
+    if config is None:
+        config = _DEFAULT_CONFIG
+    queue, fleet, models = parts.queue, parts.fleet, parts.fleet.models
     if window is None:
         window = config.scheduler.snapshot_window
     if window < 0:
         raise ValueError(f"window: must be >= 0, got {window}")
-    now_ms = _ms(snap.now) or 0
-    queue: list[dict[str, Any]] = []
+    now_ms = _ms(now) or 0
+    jobs: list[dict[str, Any]] = []
     for cls in (0, 1):
-        for qj in snap.jobs(window, cls=cls):
-            queue.append(_job_map(snap, qj, len(queue)))
-    interactive = snap.queued_count(Priority.INTERACTIVE)
-    batch = snap.queued_count(Priority.BATCH)
-    total = snap.queued_count()
+        for qj in queue.ordered(window, cls=cls):
+            jobs.append(_job_map(parts, now, qj, len(jobs)))
+    interactive = queue.count(Priority.INTERACTIVE)
+    batch = queue.count(Priority.BATCH)
+    total = queue.count()
     pools: list[dict[str, Any]] = []
     vram_total = vram_free = 0
-    for pool_id in snap.pool_ids():
-        pmap = _pool_map(snap, pool_id, cache)
+    for pool_id in sorted(fleet.pools):
+        pmap = _pool_map(parts, pool_id)
         age = max(0, now_ms - (pmap["last_heartbeat_ms"] or 0))
         pools.append({**pmap, "heartbeat_age_ms": age})
         if pmap["status"] != "offline":
             vram_total += pmap["vram_total_bytes"]
             vram_free += pmap["vram_free_bytes"]
-    catalog: dict[str, Any] = {"models": {}, "aliases": snap.model_aliases()}
-    for ref in snap.model_names():
-        info = snap.model(ref)
+    catalog: dict[str, Any] = {"models": {}, "aliases": models.catalog.aliases()}
+    for ref in models.names():
+        info = models.info(ref)
         if info is not None:
             catalog["models"][ref] = info.to_ctx()
-    avg_wait = 0 if total == 0 else max(0, round(1000 * (snap.now - snap.mean_queued_at())))
+    avg_wait = 0 if total == 0 else max(0, round(1000 * (now - queue.mean_queued_at())))
     return {
         "now": now_ms,
-        "queue": queue,
+        "queue": jobs,
         "queue_info": {
             "window": window,
             "total": total,
             "interactive": interactive,
             "batch": batch,
-            "class0": snap.class_count(0),
-            "class1": snap.class_count(1),
-            "shown": len(queue),
-            "truncated": len(queue) < total,
-            "ordering": snap.order_name,
+            "class0": queue.class_count(0),
+            "class1": queue.class_count(1),
+            "shown": len(jobs),
+            "truncated": len(jobs) < total,
+            "ordering": queue.order.name,
         },
         "pools": pools,
         "catalog": catalog,
-        "tenants": _tenants(snap),
+        "tenants": _tenants(parts),
         "metrics": {
             "queue_depth": {"interactive": interactive, "batch": batch},
             "queue_total": total,
-            "workers_by_status": snap.workers_by_status(),
-            "pools_by_status": snap.pools_by_status(),
+            "workers_by_status": status_counts(fleet),
+            "pools_by_status": pools_by_status(fleet),
             "vram_total_bytes": vram_total,
             "vram_free_bytes": vram_free,
             "avg_wait_ms": avg_wait,
         },
-        "config": _config_summary(snap, config),
+        "config": _config_summary(parts, config),
     }
 
 
-def _tenants(snap: SchedulingSnapshot) -> dict[str, Any]:
+def _tenants(parts: StateParts) -> dict[str, Any]:
     tenants = {}
-    enforce = snap.enforce_quotas
-    for tid in snap.tenant_ids():
-        t = snap.tenant(tid)
+    demand = parts.demand
+    enforce = demand.enforce_quotas
+    for tid in demand.tenant_ids():
+        t = demand.tenant_view(tid)
         tenants[tid] = {
             "tenant_id": tid,
             "weight": t.weight,
@@ -108,7 +115,7 @@ def _tenants(snap: SchedulingSnapshot) -> dict[str, Any]:
     return tenants
 
 
-def _job_map(snap: SchedulingSnapshot, qj: QueuedJob, position: int) -> dict[str, Any]:
+def _job_map(parts: StateParts, now: float, qj: QueuedJob, position: int) -> dict[str, Any]:
     job = qj.job
     return {
         "id": qj.job_id,
@@ -125,25 +132,25 @@ def _job_map(snap: SchedulingSnapshot, qj: QueuedJob, position: int) -> dict[str
         "temperature": job.params.temperature,
         "created_at": _ms(qj.created_at),
         "queued_at": _ms(qj.queued_at),
-        "wait_time_ms": max(0, round(1000 * (snap.now - qj.queued_at))),
+        "wait_time_ms": max(0, round(1000 * (now - qj.queued_at))),
         "retry_count": job.attempts,
-        "estimated_vram_bytes": snap.model_vram(qj.model_ref),
+        "estimated_vram_bytes": parts.fleet.models.vram(qj.model_ref),
     }
 
 
-def _pool_map(snap: SchedulingSnapshot, pool_id: str, cache: CtxCache) -> dict[str, Any]:
+def _pool_map(parts: StateParts, pool_id: str) -> dict[str, Any]:
     """The ctx map of one pool without its heartbeat age, cached per pool revision."""
-    revision = snap.pool_revision(pool_id)
+    fleet, cache = parts.fleet, parts.ctx_cache
+    revision = fleet.pools[pool_id].version
     cached = cache.get(pool_id)
     if cached is not None and cached[0] == revision:
         return cached[1]
-    pool = snap.pool(pool_id)
+    pool = pool_view(fleet, pool_id)
     assert pool is not None
-    assert revision is not None
     gpus = []
     total = free = 0
     for gid in sorted(pool.gpu_ids):
-        g = snap.gpu(pool_id, gid)
+        g = gpu_view(fleet, pool_id, gid)
         assert g is not None
         total += g.vram_total_bytes
         free += g.vram_free_bytes
@@ -160,7 +167,7 @@ def _pool_map(snap: SchedulingSnapshot, pool_id: str, cache: CtxCache) -> dict[s
         )
     workers = []
     for wid in pool.worker_ids:
-        w = snap.worker(wid)
+        w = worker_view(fleet, wid)
         if w is None:
             continue
         workers.append(
@@ -197,7 +204,8 @@ def _pool_map(snap: SchedulingSnapshot, pool_id: str, cache: CtxCache) -> dict[s
     return pmap
 
 
-def _config_summary(snap: SchedulingSnapshot, c: OrchestratorConfig) -> dict[str, Any]:
+def _config_summary(parts: StateParts, c: OrchestratorConfig) -> dict[str, Any]:
+    demand = parts.demand
     return {
         "mode": c.mode,
         "queue": {
@@ -208,10 +216,10 @@ def _config_summary(snap: SchedulingSnapshot, c: OrchestratorConfig) -> dict[str
         },
         "scheduler": {
             "policy": c.scheduler.policy,
-            "placement": snap.placement_name,
-            "ordering": snap.order_name,
-            "quota_action": snap.quota_action,
-            "enforce_quotas": snap.enforce_quotas,
+            "placement": parts.fleet.counts.placement.name,
+            "ordering": parts.queue.order.name,
+            "quota_action": demand.quota_action,
+            "enforce_quotas": demand.enforce_quotas,
             "snapshot_window": c.scheduler.snapshot_window,
         },
         "timeout": {"default_s": c.timeout.default_s, "max_s": c.timeout.max_s},

@@ -24,14 +24,13 @@ Sorted sequences it returns are live: read them during the decision, never chang
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator_core.errors import ErrorCode, OrchestratorError
 from orchestrator_core.jobs import Priority
 from orchestrator_core.pools import PoolStatus
 from orchestrator_core.scheduling.catalog import ModelInfo
-from orchestrator_core.scheduling.ctx import CtxCache, build_ctx
+from orchestrator_core.scheduling.ctx import build_ctx
 from orchestrator_core.scheduling.fleet_views import (
     could_ever_fit,
     free_worker_views,
@@ -44,6 +43,7 @@ from orchestrator_core.scheduling.fleet_views import (
 )
 from orchestrator_core.scheduling.gpu_index import GpuSort
 from orchestrator_core.scheduling.indexes import SortedSeq
+from orchestrator_core.scheduling.parts import Generation, StateParts
 from orchestrator_core.scheduling.placement import Placement
 from orchestrator_core.scheduling.records import GpuRecord, WorkerRecord
 from orchestrator_core.scheduling.views import (
@@ -56,12 +56,8 @@ from orchestrator_core.scheduling.views import (
 
 if TYPE_CHECKING:
     from orchestrator_core.config import OrchestratorConfig
-    from orchestrator_core.scheduling.demand_index import DemandIndex
-    from orchestrator_core.scheduling.fleet_index import FleetIndex
-    from orchestrator_core.scheduling.queue_index import QueueIndex
-    from orchestrator_core.scheduling.running import RunningJobs
 
-__all__ = ["Generation", "SchedulingSnapshot", "SnapshotStale", "StateParts"]
+__all__ = ["SchedulingSnapshot", "SnapshotStale"]
 
 
 class SnapshotStale(OrchestratorError):
@@ -71,27 +67,6 @@ class SnapshotStale(OrchestratorError):
 
     def __init__(self) -> None:
         super().__init__("the cluster state changed after this snapshot was taken")
-
-
-class Generation:
-    """Shared by the snapshots of one state version; the state marks it ``stale`` at its
-    next change, so a snapshot checks its freshness with one attribute read."""
-
-    __slots__ = ("stale",)
-
-    def __init__(self) -> None:
-        self.stale = False
-
-
-@dataclass(frozen=True, slots=True)
-class StateParts:
-    """The state's indexes a snapshot reads (handed over by the state that makes it)."""
-
-    queue: QueueIndex
-    demand: DemandIndex
-    running: RunningJobs
-    fleet: FleetIndex
-    ctx_cache: CtxCache
 
 
 class SchedulingSnapshot:
@@ -485,4 +460,4 @@ class SchedulingSnapshot:
         """
         if self._generation.stale:
             raise SnapshotStale()
-        return build_ctx(self, window, self._parts.ctx_cache)
+        return build_ctx(self._parts, self.now, window, self._config)

@@ -48,12 +48,13 @@ from orchestrator_core.scheduling.demand_index import DemandIndex, QuotaAction, 
 from orchestrator_core.scheduling.fleet_index import PENDING_PREFIX, FleetIndex
 from orchestrator_core.scheduling.model_index import ModelIndex
 from orchestrator_core.scheduling.ordering import PriorityOrder, QueueOrder
+from orchestrator_core.scheduling.parts import Generation, StateParts
 from orchestrator_core.scheduling.placement import LeastLoadedPlacement, Placement
 from orchestrator_core.scheduling.plugins import build_placement, build_queue_order
 from orchestrator_core.scheduling.queue_index import QueueIndex
 from orchestrator_core.scheduling.records import PoolRecord, WorkerRecord
 from orchestrator_core.scheduling.running import RunningJobs
-from orchestrator_core.scheduling.snapshot import Generation, SchedulingSnapshot, StateParts
+from orchestrator_core.scheduling.snapshot import SchedulingSnapshot
 from orchestrator_core.scheduling.state_reads import ClusterReads
 from orchestrator_core.scheduling.views import QueuedJob
 
