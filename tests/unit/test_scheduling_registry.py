@@ -24,6 +24,7 @@ from orchestrator_core.scheduling import (
     build_placement,
     build_queue_order,
     build_scheduler,
+    builtin_scheduler_from_config,
     default_registry,
 )
 
@@ -103,8 +104,6 @@ def test_other_engineers_register_their_schedulers_without_globals() -> None:
 
 
 def test_the_fallback_for_a_scripted_policy_is_the_platform_builtin() -> None:
-    from orchestrator_core.scheduling import builtin_scheduler_from_config
-
     cfg = config(scheduler={"policy": "rhai", "script": "policy.rhai"})
     fallback = builtin_scheduler_from_config(cfg)
     assert fallback.name == "platform"
