@@ -19,6 +19,7 @@ from orchestratord.testing.processes import (
     EngineProcess,
     HeartbeatingPool,
     engines,
+    stop_child,
     wait_until,
 )
 
@@ -327,8 +328,7 @@ def test_simulated_pool_gets_a_worker_started_and_runs_jobs(tmp_path: Path) -> N
             jobs = [submit(d, max_tokens=6).json()["job_id"] for _ in range(3)]
             finals = [wait_terminal(d, j, timeout_s=30) for j in jobs]
         finally:
-            pool.terminate()
-            pool.wait(10)
+            stop_child(pool, grace_s=10)
     assert [f["status"] for f in finals] == ["completed"] * 3
     assert {f["pool_id"] for f in finals} == {"sim-1"}
     assert all(f["tokens_generated"] == 6 for f in finals)

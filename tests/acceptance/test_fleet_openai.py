@@ -12,7 +12,7 @@ import httpx
 import pytest
 from orchestratord.testing.processes import wait_until
 
-from tests.integration.fleet_helpers import Fleet
+from tests.support.fleet_helpers import Fleet
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -41,7 +41,7 @@ from orchestrator_core.scheduling import (
 )
 from orchestrator_core.testing import cluster
 
-EXAMPLES = Path(__file__).parents[2] / "examples" / "policies"
+EXAMPLES = Path(__file__).parents[3] / "examples" / "policies"
 GB = 10**9
 NOW = 10_000.0
 
@@ -136,7 +136,7 @@ TESTED = {
     "seeded_first.rhai",
     "vram_aware_eviction.rhai",
     "fair_share.rhai",
-    "platform_twin.rhai",  # tests/property/test_rhai_parity.py
+    "platform_twin.rhai",  # tests/core/property/test_rhai_parity.py
     "rules.yaml",
     "sample_snapshot.json",
 }
@@ -152,7 +152,7 @@ def test_every_shipped_example_is_tested_and_valid() -> None:
 
 
 def test_every_helper_is_documented_in_the_policy_guide() -> None:
-    guide = (Path(__file__).parents[2] / "docs" / "policies.md").read_text()
+    guide = (Path(__file__).parents[3] / "docs" / "policies.md").read_text()
     missing = [name for name, _ in prelude_helpers() if f"{name}(" not in guide]
     assert missing == []
 

@@ -19,7 +19,7 @@ from orchestratord.store import StoredEvent
 from orchestratord.streams import JobStream, format_sse
 from orchestratord.testing import RecordingPoolAgentClient, ScriptedWorkerClient, make_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # -- configuration and flags -------------------------------------------------------------------

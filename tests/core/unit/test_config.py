@@ -8,7 +8,7 @@ import pytest
 from orchestrator_core import ConfigInvalid, OrchestratorConfig, load_config
 from orchestrator_core.scheduling import builtin_scheduler_from_config
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config" / "orchestrator.toml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "config" / "orchestrator.toml"
 
 
 def problems(text: str, **env: str) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.fleet_helpers import Fleet
+from tests.support.fleet_helpers import Fleet
 
 pytestmark = pytest.mark.timeout(90)
 

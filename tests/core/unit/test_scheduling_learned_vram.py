@@ -1,7 +1,7 @@
 """``ClusterState.learn_model_vram``: a model the catalog gives no VRAM for looks as if it fit
 anywhere; the figure a pool states when it refuses a start (INSUFFICIENT_VRAM or
 MODEL_INCOMPATIBLE) lets the built-in policy plan an eviction, or see that nothing can ever
-host the model (NO_CAPACITY). The daemon feeds refusals in (tests/integration/
+host the model (NO_CAPACITY). The daemon feeds refusals in (tests/acceptance/
 test_fleet_placement.py covers that with real processes)."""
 
 from __future__ import annotations

