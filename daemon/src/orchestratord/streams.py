@@ -91,11 +91,16 @@ class JobStream:
         start = max(0, last_id - self.events[0].event_id + 1)
         return self.events[start:]
 
-    async def wait(self) -> None:
-        """Until the next :meth:`publish`."""
+    def next_publish(self) -> asyncio.Future[None]:
+        """A future resolved by the next :meth:`publish` (shared by every waiter). Take it
+        *before* suspending: a publish after this call always resolves it."""
         if self._waiter is None:
             self._waiter = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._waiter)
+        return self._waiter
+
+    async def wait(self) -> None:
+        """Until the next :meth:`publish`."""
+        await asyncio.shield(self.next_publish())
 
     async def follow(
         self, last_id: int, *, idle_s: float | None = None
@@ -104,14 +109,19 @@ class JobStream:
         ``idle_s``, yields ``None`` after that many idle seconds (time for a keepalive)."""
         while True:
             batch = self.after(last_id)
-            for event in batch:
-                yield event
-                last_id = event.event_id
-                if event.terminal:
-                    return
+            if batch:
+                for event in batch:
+                    yield event  # suspends: more events may be published meanwhile
+                    last_id = event.event_id
+                    if event.terminal:
+                        return
+                continue  # look again before waiting, or an event published meanwhile waits
             if self.terminal is not None:  # the client already has the terminal event
                 return
+            # The waiter is taken before any suspension: a publish after the check above
+            # always wakes this follower (no lost wake-up).
+            published = self.next_publish()
             try:
-                await asyncio.wait_for(self.wait(), timeout=idle_s)
+                await asyncio.wait_for(asyncio.shield(published), timeout=idle_s)
             except TimeoutError:
                 yield None
