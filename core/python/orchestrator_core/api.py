@@ -281,6 +281,10 @@ class ApiModel(BaseModel):
                 raise RequestInvalid(
                     [FieldError("body", ErrorCode.INVALID_REQUEST, f"body: malformed JSON ({exc})")]
                 ) from None
+            except RecursionError:  # e.g. 5,000 nested arrays: far under any size limit
+                raise RequestInvalid(
+                    [FieldError("body", ErrorCode.INVALID_REQUEST, "body: JSON nested too deeply")]
+                ) from None
         if not isinstance(data, Mapping):
             raise RequestInvalid(
                 [FieldError("body", ErrorCode.INVALID_REQUEST, "body: must be a JSON object")]
@@ -289,6 +293,10 @@ class ApiModel(BaseModel):
             return cls.model_validate(dict(data))
         except ValidationError as exc:
             raise request_invalid(exc, cls) from None
+        except RecursionError:  # a decoded object nested too deeply for the validator
+            raise RequestInvalid(
+                [FieldError("body", ErrorCode.INVALID_REQUEST, "body: JSON nested too deeply")]
+            ) from None
 
     def validate(self) -> Self:  # type: ignore[override]  # pydantic's deprecated classmethod
         """Validate the current field values again (they may have been assigned since

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level",
         default="INFO",
+        type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default INFO)",
     )
