@@ -297,6 +297,10 @@ class HeartbeatingPool:
     pool_id: str = "pool-t"
     interval_s: float = 0.2
     token: str | None = None
+    protocol: str = "llorch"
+    """How the daemon talks to the engines: ``llorch`` (native) or ``openai``."""
+    max_concurrency: int = 1
+    """Jobs each engine takes at once."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -312,6 +316,8 @@ class HeartbeatingPool:
                 "gpu_ids": ["0"],
                 "status": "ready",
                 "uri": e.url,
+                "protocol": self.protocol,
+                "max_concurrency": self.max_concurrency,
             }
             for e in self.engines
             if e.alive
