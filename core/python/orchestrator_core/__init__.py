@@ -35,7 +35,15 @@ from orchestrator_core.errors import (
     StaleHeartbeat,
     http_status_for,
 )
-from orchestrator_core.jobs import Job, JobParams, JobStatus, Priority, new_job_id, prompt_sha256
+from orchestrator_core.jobs import (
+    Job,
+    JobKind,
+    JobParams,
+    JobStatus,
+    Priority,
+    new_job_id,
+    prompt_sha256,
+)
 from orchestrator_core.pools import (
     GpuInfo,
     HeartbeatRules,
@@ -104,6 +112,7 @@ __all__ = [
     "InMemoryPoolRegistry",
     "Job",
     "JobError",
+    "JobKind",
     "JobNotFound",
     "JobParams",
     "JobQueue",

@@ -54,6 +54,7 @@ MAX_STOP_SEQUENCES = 4
 
 PriorityName = Literal["interactive", "batch"]
 StatusName = Literal["queued", "running", "completed", "failed", "cancelled"]
+KindName = Literal["task", "completion", "chat"]
 
 # The sampling fields: one definition of each field's type and limits, used by
 # TaskSubmitRequest here and by the worker protocol's ExecuteRequest (llorch_pool.protocol).
@@ -346,10 +347,15 @@ class JobError(ApiModel):
 
 
 class JobStatusResponse(ApiModel):
-    """``GET /v2/tasks/{id}``: the state of one job. The prompt itself is never returned."""
+    """``GET /v2/tasks/{id}``: the state of one job. The prompt itself is never returned.
+
+    ``kind`` is the API that submitted the job (:class:`~orchestrator_core.jobs.JobKind`):
+    ``task`` (``POST /v2/tasks``, the default), ``completion`` (``POST /v1/completions``) or
+    ``chat`` (``POST /v1/chat/completions``)."""
 
     job_id: str
     status: StatusName
+    kind: KindName = "task"
     model: str
     priority: PriorityName
     session_id: str | None = None

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Job",
+    "JobKind",
     "JobParams",
     "JobStatus",
     "Priority",
@@ -47,6 +48,18 @@ class Priority(StrEnum):
     def rank(self) -> int:
         """0 for interactive, 1 for batch: lower runs first."""
         return 0 if self is Priority.INTERACTIVE else 1
+
+
+class JobKind(StrEnum):
+    """Which front door a job came through, hence how its prompt is stored and its output
+    answered: ``task`` (``POST /v2/tasks``; the prompt is text), ``completion``
+    (``POST /v1/completions``; the prompt is text) or ``chat`` (``POST /v1/chat/completions``;
+    the stored prompt is the canonical JSON of the messages, see
+    :meth:`orchestrator_core.openai.ChatCompletionRequest.messages_json`)."""
+
+    TASK = "task"
+    COMPLETION = "completion"
+    CHAT = "chat"
 
 
 class JobStatus(StrEnum):
@@ -93,7 +106,8 @@ def prompt_sha256(prompt: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class JobParams:
-    """Sampling parameters of a job (validated at the API boundary by TaskSubmitRequest).
+    """Sampling parameters of a job (validated at the API boundary by TaskSubmitRequest, or
+    by the OpenAI-compatible requests of :mod:`orchestrator_core.openai`).
 
     The one list of sampling fields and their defaults: code that moves them between a
     request, a store and a worker goes through :meth:`from_mapping` and :meth:`to_dict`
@@ -107,6 +121,8 @@ class JobParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> JobParams:
@@ -134,6 +150,8 @@ class Job:
 
     Times are Unix seconds (floats) supplied by the caller; the library reads no clock.
     ``prompt`` becomes ``None`` once the job is finished and only ``prompt_hash`` remains.
+    ``kind`` says which API submitted it; a ``chat`` job's ``prompt`` is the JSON of its
+    messages.
     """
 
     job_id: str
@@ -154,6 +172,7 @@ class Job:
     error_code: ErrorCode | None = None
     error_message: str | None = None
     prompt_hash: str = field(default="")
+    kind: JobKind = JobKind.TASK
 
     def __post_init__(self) -> None:
         if not self.prompt_hash and self.prompt is not None:

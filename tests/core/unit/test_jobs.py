@@ -7,6 +7,7 @@ from orchestrator_core import (
     ErrorCode,
     IllegalTransition,
     Job,
+    JobKind,
     JobParams,
     JobStatus,
     Priority,
@@ -113,6 +114,16 @@ def test_a_job_from_a_request_carries_every_parameter() -> None:
     assert job.params == JobParams(5, 0.1, 0.5, 3, 1.2, ("\n",), 7)
     assert (job.priority, job.session_id, job.tenant_id) == (Priority.BATCH, "s-1", "acme")
     assert (job.status, job.created_at, job.queued_at) == (S.QUEUED, 100.0, 100.0)
+    assert job.kind is JobKind.TASK
+
+
+def test_params_round_trip_through_a_mapping_with_the_penalties() -> None:
+    params = JobParams(4, stop=("x",), seed=1, presence_penalty=-0.5, frequency_penalty=1.5)
+    data = params.to_dict()
+    assert (data["presence_penalty"], data["frequency_penalty"]) == (-0.5, 1.5)
+    assert JobParams.from_mapping(data) == params
+    defaults = JobParams.from_mapping({"max_tokens": 4})
+    assert (defaults.presence_penalty, defaults.frequency_penalty) == (0.0, 0.0)
 
 
 def test_job_ids_are_unique() -> None:

@@ -134,6 +134,8 @@ class _Params(_Strict):
     repetition_penalty: float = 1.0
     stop: list[str] = Field(default_factory=list)
     seed: Annotated[int, Field(ge=0)] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 class _Job(_Strict):
