@@ -1,9 +1,10 @@
 """orchestrator_core — the shared, pure logic of llama-orch.
 
 Jobs and their state machine, the job queue, the pool registry, API request/response/error
-types and the TOML configuration (and, in their own modules, the schedulers and the Rhai
-policy engine). It performs no network, database or CLI work: the daemon ``orchestratord``
-and the client ``llorch`` build on it.
+types (native, and OpenAI-compatible in ``orchestrator_core.openai``) and the TOML
+configuration (and, in their own modules, the schedulers and the Rhai policy engine). It
+performs no network, database or CLI work: the daemon ``orchestratord`` and the client
+``llorch`` build on it.
 
 The public API is exactly ``__all__``.
 """
@@ -43,6 +44,13 @@ from orchestrator_core.jobs import (
     Priority,
     new_job_id,
     prompt_sha256,
+)
+from orchestrator_core.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIRequest,
+    ResponseBuilder,
+    openai_error,
 )
 from orchestrator_core.pools import (
     GpuInfo,
@@ -91,7 +99,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch",
     "BuiltinScheduler",
+    "ChatCompletionRequest",
     "ClusterState",
+    "CompletionRequest",
     "ConfigInvalid",
     "Decision",
     "DecisionInvalid",
@@ -119,6 +129,7 @@ __all__ = [
     "JobStatus",
     "JobStatusResponse",
     "ModelNotFound",
+    "OpenAIRequest",
     "OrchestratorConfig",
     "OrchestratorError",
     "PoolConflict",
@@ -135,6 +146,7 @@ __all__ = [
     "Refusal",
     "Reject",
     "RequestInvalid",
+    "ResponseBuilder",
     "Scheduler",
     "SchedulingSnapshot",
     "StaleHeartbeat",
@@ -154,6 +166,7 @@ __all__ = [
     "json_schemas",
     "load_config",
     "new_job_id",
+    "openai_error",
     "prompt_sha256",
     "validate_decision",
 ]

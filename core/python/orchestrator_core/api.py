@@ -30,6 +30,7 @@ __all__ = [
     "JobError",
     "JobStatusResponse",
     "MaxTokens",
+    "Penalty",
     "RepetitionPenalty",
     "Seed",
     "StopSequences",
@@ -76,6 +77,8 @@ StopSequences = Annotated[
 """Stop strings, at most :data:`MAX_STOP_SEQUENCES`."""
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 """Sampling seed (unsigned 64-bit)."""
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+"""OpenAI's presence or frequency penalty (0 = none)."""
 
 
 def _describe(value: Any) -> str:
@@ -256,8 +259,11 @@ def _article(noun: str) -> str:
 class ApiModel(BaseModel):
     """Base of the API types: strict types, unknown fields refused, errors as RequestInvalid.
 
-    Construction raises :class:`RequestInvalid` (never pydantic's own error), so callers of
-    the library see one error type with stable codes.
+    Construction and :meth:`parse` raise :class:`RequestInvalid` (never pydantic's own
+    error), so callers of the library see one error type with stable codes; pydantic's
+    ``model_validate`` keeps raising ``ValidationError`` (:func:`request_invalid` turns it
+    into the same). An ApiModel inside another is validated with it, its errors named by
+    their full path (``messages[0].role``).
     """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=False)
@@ -267,6 +273,14 @@ class ApiModel(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise request_invalid(exc, type(self)) from None
+
+    # Validating a model that holds ApiModels (a list of messages, an error body) must not
+    # call this __init__ for each of them: its RequestInvalid would escape the outer
+    # validation with paths relative to the inner model (``role`` for ``messages[0].role``)
+    # and only the first inner model's errors. Marked as pydantic marks BaseModel.__init__,
+    # nested models are validated by the outer validator; direct construction still gets
+    # RequestInvalid.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     @classmethod
     def parse(cls, data: Mapping[str, Any] | str | bytes) -> Self:
