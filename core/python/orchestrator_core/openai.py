@@ -229,7 +229,8 @@ class OpenAIRequest(ApiModel):
     @field_validator("stream_options")
     @classmethod
     def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> Any:
-        if value is not None and info.data.get("stream") is not True:
+        # (a "stream" that failed its own validation is absent here: named once, as itself)
+        if value is not None and "stream" in info.data and info.data["stream"] is not True:
             raise ValueError("only allowed when stream is true")
         return value
 

@@ -76,6 +76,12 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     ("chat", {"stop": 5}, "stop", "must be a list"),
     ("completion", {"user": "u" * 257}, "user", "must be at most 256 characters"),
     ("completion", {"stream": "yes"}, "stream", "must be a boolean, got 'yes'"),
+    (
+        "chat",
+        {"stream": 1, "stream_options": {"include_usage": True}},
+        "stream",
+        "must be a boolean",
+    ),
     ("chat", {"priority": "urgent"}, "priority", "must be one of interactive or batch"),
     ("completion", {"top_k": -1}, "top_k", "must be between 0 and 1000000"),
     ("chat", {"repetition_penalty": 2.5}, "repetition_penalty", "must be between 0.0 and 2.0"),
