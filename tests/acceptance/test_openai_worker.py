@@ -97,7 +97,14 @@ async def test_a_completion_maps_to_started_tokens_metrics_end(
     assert metrics["tokens"] == 8
     assert metrics["usage"]["completion_tokens"] == 8
     assert metrics["ttft_ms"] is not None
-    assert events[-1].data == {"tokens": 8, "finish_reason": "length"}
+    # the engine's own usage reaches the end event: /v1 answers report it
+    prompt_tokens = metrics["usage"]["prompt_tokens"]
+    assert events[-1].data == {
+        "tokens": 8,
+        "finish_reason": "length",
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 8,
+    }
 
 
 async def test_the_text_is_the_same_as_over_the_native_protocol(

@@ -16,9 +16,10 @@ from pathlib import Path
 from fastapi import FastAPI
 from orchestrator_core import OrchestratorConfig, PoolHeartbeat, PoolRegistration, TaskSubmitRequest
 from orchestrator_core.errors import ConfigInvalid
+from orchestrator_core.openai import ChatCompletionRequest, CompletionRequest
 from orchestrator_core.scheduling.scheduler import SchedulerRegistry
 
-from orchestratord.api import ops, pools, scheduler, tasks
+from orchestratord.api import openai, ops, pools, scheduler, tasks
 from orchestratord.api.errors import CorrelationMiddleware, install_error_handlers
 from orchestratord.api.openapi import install_openapi
 from orchestratord.auth import Authenticator
@@ -110,9 +111,17 @@ def create_app(
     install_openapi(
         app,
         bearer=auth.required,
-        bodies=[TaskSubmitRequest, PoolRegistration, PoolHeartbeat, SchedulerUpdate],
+        bodies=[
+            TaskSubmitRequest,
+            PoolRegistration,
+            PoolHeartbeat,
+            SchedulerUpdate,
+            CompletionRequest,
+            ChatCompletionRequest,
+        ],
     )
     app.include_router(tasks.router(orch, auth))
+    app.include_router(openai.router(orch, auth))
     app.include_router(pools.router(orch, auth))
     app.include_router(scheduler.router(orch, auth))
     app.include_router(ops.router(orch))

@@ -1,12 +1,16 @@
 """The worker client for OpenAI-compatible engines (vLLM, llama.cpp's server, SGLang, Ollama).
 
-One job is one streamed completion::
+One job is one streamed completion, or one streamed chat completion for a chat job (the
+engine applies its own chat template)::
 
     POST {worker}/v1/completions  {model, prompt, max_tokens, temperature, top_p, stop, seed,
                                    top_k?, repetition_penalty, repeat_penalty,
+                                   presence_penalty?, frequency_penalty?,
                                    stream: true, stream_options: {include_usage: true}}
          -> text/event-stream of  data: {"choices": [{"text", "finish_reason"}], "usage"?}
                                   data: [DONE]
+    POST {worker}/v1/chat/completions  {model, messages, ...the same...}
+         -> text/event-stream of  data: {"choices": [{"delta": {"content"}, "finish_reason"}]}
 
 mapped to the daemon's worker events (docs/design/http-api.md, *Calls the daemon makes*):
 
@@ -17,7 +21,7 @@ engine                                  :class:`~orchestratord.workers.WorkerEve
 chunk with non-empty ``text``           ``token {i, t}`` (``i`` = 0, 1, …)
 ``data: [DONE]``                        ``metrics {tokens, elapsed_ms, ttft_ms,
                                         tokens_per_s, usage?}`` then ``end {tokens,
-                                        finish_reason}``
+                                        finish_reason, prompt_tokens?, completion_tokens?}``
 ``data: {"error": …}`` mid-stream       ``error {code: WORKER_FAILED}`` (transient)
 400/413/422 before the stream           ``error {code: CONTEXT_TOO_LARGE}`` when the engine
                                         says the context is exceeded, else
@@ -92,6 +96,16 @@ def normalise_finish_reason(reason: str | None) -> str:
     return _FINISH_REASONS.get((reason or "stop").lower(), "stop")
 
 
+def _chunk_text(choice: dict[str, Any]) -> str:
+    """The text a chunk's choice carries: ``text`` (completions) or ``delta.content``
+    (chat); empty when it carries none (e.g. the role-only first chat chunk)."""
+    text = choice.get("text")
+    if text is None:
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else None
+    return text if isinstance(text, str) else ""
+
+
 def _engine_message(raw: bytes) -> str:
     """The human message of an engine's error body (OpenAI, FastAPI or plain text)."""
     text = raw.decode("utf-8", errors="replace").strip()
@@ -143,10 +157,14 @@ class OpenAIWorkerClient:
         self._early_cancels: OrderedDict[str, float] = OrderedDict()
 
     @staticmethod
+    def path(request: ExecuteRequest) -> str:
+        """The engine's route for ``request``: chat or plain completions."""
+        return "/v1/chat/completions" if request.is_chat else "/v1/completions"
+
+    @staticmethod
     def body(request: ExecuteRequest) -> dict[str, Any]:
-        """The ``/v1/completions`` body for ``request``."""
+        """The ``/v1/completions`` (or ``/v1/chat/completions``) body for ``request``."""
         body: dict[str, Any] = {
-            "prompt": request.prompt,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
@@ -163,6 +181,14 @@ class OpenAIWorkerClient:
             body["stop"] = list(request.stop)
         if request.seed is not None:
             body["seed"] = request.seed
+        for penalty in ("presence_penalty", "frequency_penalty"):
+            value = getattr(request, penalty, 0.0)
+            if value:
+                body[penalty] = value
+        if request.messages is not None:
+            body["messages"] = [dict(m) for m in request.messages]
+        else:
+            body["prompt"] = request.prompt
         return body
 
     async def execute(
@@ -178,7 +204,7 @@ class OpenAIWorkerClient:
         }
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        url = worker_uri.rstrip("/") + "/v1/completions"
+        url = worker_uri.rstrip("/") + self.path(request)
         stream = _Stream(request.job_id)
         self._streams[request.job_id] = stream
         stream.task = asyncio.get_running_loop().create_task(
@@ -246,8 +272,8 @@ class OpenAIWorkerClient:
                         usage = chunk["usage"]
                     choices = chunk.get("choices") or []
                     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-                    text = choice.get("text")
-                    if isinstance(text, str) and text:
+                    text = _chunk_text(choice)
+                    if text:
                         if first_token_at is None:
                             first_token_at = time.monotonic()
                         put(WorkerEvent("token", {"i": stream.tokens, "t": text}))
@@ -283,6 +309,10 @@ class OpenAIWorkerClient:
         end: dict[str, Any] = {"tokens": tokens, "finish_reason": normalise_finish_reason(finish)}
         if finish is not None and finish != end["finish_reason"]:
             end["engine_finish_reason"] = finish
+        if usage is not None:
+            for key in ("prompt_tokens", "completion_tokens"):
+                if isinstance(usage.get(key), int):
+                    end[key] = usage[key]
         put(WorkerEvent("end", end))
 
     @staticmethod
@@ -297,7 +327,7 @@ class OpenAIWorkerClient:
         if status in _PERMANENT_STATUSES:
             code = "CONTEXT_TOO_LARGE" if _CONTEXT_WORDS.search(message) else "INVALID_PARAMETER"
             return WorkerEvent("error", {"code": code, "message": f"engine refused: {message}"})
-        return WorkerUnreachable(f"engine answered {status} to /v1/completions: {message}")
+        return WorkerUnreachable(f"engine answered {status}: {message}")
 
     def _trim_early_cancels(self) -> None:
         now = time.monotonic()

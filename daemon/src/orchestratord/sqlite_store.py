@@ -93,6 +93,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE UNIQUE INDEX events_one_terminal ON events (job_id) WHERE terminal = 1;
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'task';
+        """,
+    ),
 ]
 """Versioned schema migrations, applied in order. Append; never edit a released one."""
 
@@ -120,6 +126,7 @@ _JOB_COLUMNS = [
     "tokens",
     "first_token_at",
     "correlation_id",
+    "kind",
 ]
 # Column names below are constants of this module, never input: the f-strings are safe.
 _COLS = ", ".join(_JOB_COLUMNS)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from orchestrator_core import ErrorCode, Job, JobParams, JobStatus, Priority
+from orchestrator_core import ErrorCode, Job, JobKind, JobParams, JobStatus, Priority
 
 __all__ = [
     "TERMINAL_KINDS",
@@ -152,6 +152,7 @@ def row_values(row: JobRow) -> dict[str, Any]:
         "tokens": row.tokens,
         "first_token_at": row.first_token_at,
         "correlation_id": row.correlation_id,
+        "kind": str(job.kind),
     }
 
 
@@ -177,6 +178,7 @@ def row_from_mapping(values: dict[str, Any]) -> JobRow:
         error_code=_code(code),
         error_message=values["error_message"],
         prompt_hash=values["prompt_hash"],
+        kind=JobKind(values.get("kind") or "task"),
     )
     return JobRow(
         job=job,

@@ -2,12 +2,17 @@
 
 The native worker protocol (docs/design/http-api.md, *Calls the daemon makes*)::
 
-    POST {worker}/execute  {job_id, prompt, max_tokens, temperature, top_p, top_k,
-                            repetition_penalty, stop, seed}
+    POST {worker}/execute  {job_id, prompt | messages, max_tokens, temperature, top_p,
+                            top_k, repetition_penalty, presence_penalty,
+                            frequency_penalty, stop, seed}
          -> text/event-stream: started {job_id, worker_id}
                                token   {i, t}
                                metrics {...}               (may interleave with tokens)
-                               end     {tokens, finish_reason} | error {code, message}
+                               end     {tokens, finish_reason, prompt_tokens?,
+                                        completion_tokens?} | error {code, message}
+
+A chat job sends ``messages`` (``[{role, content}]``) instead of ``prompt``: the engine
+applies its own chat template (the chat extension of the native protocol).
     POST {worker}/cancel   {job_id} -> 202 (idempotent)
 
 A client yields :class:`WorkerEvent` values and raises one of two errors, which the daemon's
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,19 +81,40 @@ class ExecuteRequest(JobParams):
     prompt: str
     model: str = ""
     protocol: str = "llorch"
+    messages: tuple[Mapping[str, str], ...] | None = None
+    """A chat job's messages (``prompt`` is then empty): the engine applies its template."""
 
     @classmethod
     def of(
-        cls, params: JobParams, *, job_id: str, prompt: str, model: str = "", protocol: str = ""
+        cls,
+        params: JobParams,
+        *,
+        job_id: str,
+        prompt: str,
+        model: str = "",
+        protocol: str = "",
+        messages: Sequence[Mapping[str, str]] | None = None,
     ) -> ExecuteRequest:
         """The request running a job with ``params`` on a worker."""
         sampling = {**params.to_dict(), "stop": params.stop}
         return cls(
-            job_id=job_id, prompt=prompt, model=model, protocol=protocol or "llorch", **sampling
+            job_id=job_id,
+            prompt=prompt,
+            model=model,
+            protocol=protocol or "llorch",
+            messages=None if messages is None else tuple(messages),
+            **sampling,
         )
+
+    @property
+    def is_chat(self) -> bool:
+        """A chat job (``messages``) rather than a completion of ``prompt``."""
+        return self.messages is not None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body of the native ``POST /execute``."""
+        if self.messages is not None:
+            return {"job_id": self.job_id, "messages": list(self.messages), **self.to_dict()}
         return {"job_id": self.job_id, "prompt": self.prompt, **self.to_dict()}
 
 

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from orchestrator_core import ErrorCode, OrchestratorError, RequestInvalid, http_status_for
 from orchestrator_core.api import request_invalid
+from orchestrator_core.openai import openai_error
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +29,7 @@ __all__ = [
     "CorrelationMiddleware",
     "correlation_id",
     "error_response",
+    "is_openai_path",
     "install_error_handlers",
     "read_body",
 ]
@@ -40,8 +42,16 @@ def correlation_id() -> str:
     return correlation_id_var.get() or uuid.uuid4().hex
 
 
-def error_response(err: OrchestratorError, status: int | None = None) -> JSONResponse:
-    """The envelope of ``err`` with its status (from the code table unless given)."""
+def is_openai_path(path: str) -> bool:
+    """Is ``path`` one of the OpenAI-compatible routes (errors in OpenAI's shape)?"""
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def error_response(
+    err: OrchestratorError, status: int | None = None, *, path: str = ""
+) -> JSONResponse:
+    """The error of ``err`` with its status (from the code table unless given): our
+    envelope, or OpenAI's ``{"error": {message, type, param, code}}`` on ``/v1`` paths."""
     if status is None:
         status = http_status_for(err.code)
     headers: dict[str, str] = {}
@@ -49,7 +59,8 @@ def error_response(err: OrchestratorError, status: int | None = None) -> JSONRes
         headers["Retry-After"] = str(int(err.details.get("retry_after_s", 1)))
     if err.code is ErrorCode.UNAUTHORIZED:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(err.to_envelope(correlation_id()), status_code=status, headers=headers)
+    body = openai_error(err) if is_openai_path(path) else err.to_envelope(correlation_id())
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _query_errors(exc: RequestValidationError) -> RequestInvalid:
@@ -97,7 +108,8 @@ class CorrelationMiddleware:
             )
             if not started:
                 err = OrchestratorError("internal error", code=ErrorCode.INTERNAL)
-                await error_response(err)(scope, receive, send_with_id)
+                path = str(scope.get("path", ""))
+                await error_response(err, path=path)(scope, receive, send_with_id)
         finally:
             correlation_id_var.reset(token)
 
@@ -126,8 +138,8 @@ def install_error_handlers(app: FastAPI) -> None:
     envelope (never FastAPI's 422)."""
 
     @app.exception_handler(OrchestratorError)
-    async def _orchestrator_error(_r: Request, exc: OrchestratorError) -> JSONResponse:
-        return error_response(exc)
+    async def _orchestrator_error(request: Request, exc: OrchestratorError) -> JSONResponse:
+        return error_response(exc, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -141,11 +153,12 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             msg = str(exc.detail)
             code = ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL
-        response = error_response(OrchestratorError(msg, code=code), status=exc.status_code)
+        err = OrchestratorError(msg, code=code)
+        response = error_response(err, status=exc.status_code, path=request.url.path)
         if exc.headers:
             response.headers.update(exc.headers)
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(_query_errors(exc))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_query_errors(exc), path=request.url.path)

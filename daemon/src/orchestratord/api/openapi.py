@@ -10,38 +10,64 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from orchestrator_core import ErrorEnvelope
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
-__all__ = ["body", "errors", "install_openapi"]
-
-_ERR: dict[str, Any] = {"model": ErrorEnvelope}
+__all__ = ["OpenAIErrorBody", "body", "errors", "install_openapi", "openai_errors"]
 
 
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The ``responses`` of a route that may answer ``statuses`` (401, 403 and 500 are
-    always declared)."""
-    descriptions = {
-        400: "Invalid request (INVALID_REQUEST, INVALID_PARAMETER, CONTEXT_TOO_LARGE)",
-        401: "Missing or unknown bearer token (UNAUTHORIZED)",
-        403: "Token of the wrong kind or owner (FORBIDDEN)",
-        404: "Not found (JOB_NOT_FOUND, POOL_NOT_FOUND, MODEL_NOT_FOUND, unknown route)",
-        405: "Method not allowed",
-        409: "Conflict (POOL_CONFLICT)",
-        413: "Body too large",
-        429: "Queue full or quota exceeded (QUEUE_FULL, QUOTA_EXCEEDED); see Retry-After",
-        500: "Internal error (INTERNAL, SCHEDULER_ERROR)",
-        503: "Not ready (POOL_UNAVAILABLE)",
-    }
+class OpenAIErrorDetail(BaseModel):
+    """The inside of an OpenAI-shaped error."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = Field(default=None, description="Our stable error code")
+
+
+class OpenAIErrorBody(BaseModel):
+    """An error on the ``/v1`` routes, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request (INVALID_REQUEST, INVALID_PARAMETER, CONTEXT_TOO_LARGE)",
+    401: "Missing or unknown bearer token (UNAUTHORIZED)",
+    403: "Token of the wrong kind or owner (FORBIDDEN)",
+    404: "Not found (JOB_NOT_FOUND, POOL_NOT_FOUND, MODEL_NOT_FOUND, unknown route)",
+    405: "Method not allowed",
+    409: "Conflict (POOL_CONFLICT)",
+    413: "Body too large",
+    429: "Queue full or quota exceeded (QUEUE_FULL, QUOTA_EXCEEDED); see Retry-After",
+    500: "Internal error (INTERNAL, SCHEDULER_ERROR)",
+    502: "The worker failed (WORKER_FAILED, DISPATCH_FAILED)",
+    503: "Not ready or no capacity (POOL_UNAVAILABLE, NO_CAPACITY)",
+    504: "The job exceeded its timeout (DEADLINE_EXCEEDED)",
+}
+
+
+def _responses(model: type[BaseModel], statuses: tuple[int, ...]) -> dict[int | str, Any]:
     out: dict[int | str, dict[str, Any]] = {}
     for s in (*statuses, 401, 403, 500):
-        entry: dict[str, Any] = {**_ERR, "description": descriptions[s]}
+        entry: dict[str, Any] = {"model": model, "description": _DESCRIPTIONS[s]}
         if s == 429:
             entry["headers"] = {
                 "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}
             }
         out[s] = entry
     return out
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route that may answer ``statuses`` (401, 403 and 500 are
+    always declared), each with the error envelope."""
+    return _responses(ErrorEnvelope, statuses)
+
+
+def openai_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """As :func:`errors`, for the ``/v1`` routes: errors in OpenAI's shape."""
+    return _responses(OpenAIErrorBody, statuses)
 
 
 def body(name: str) -> dict[str, Any]:
@@ -78,7 +104,7 @@ def install_openapi(app: FastAPI, *, bearer: bool, bodies: Sequence[type[BaseMod
             for op in path.values():
                 if isinstance(op, dict):
                     op.get("responses", {}).pop("422", None)
-                    if bearer and name.startswith("/v2/"):
+                    if bearer and name.startswith(("/v1/", "/v2/")):
                         op["security"] = [{"bearerAuth": []}]
         app.openapi_schema = schema
         return schema

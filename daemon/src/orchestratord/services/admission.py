@@ -26,19 +26,24 @@ import logging
 import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 from orchestrator_core import (
     ErrorCode,
     Job,
+    JobKind,
+    JobParams,
     JobStatus,
     ModelNotFound,
     OrchestratorError,
     PoolStatus,
+    Priority,
     RequestInvalid,
     TaskSubmitRequest,
     TaskSubmitResponse,
 )
 from orchestrator_core.errors import FieldError
+from orchestrator_core.jobs import new_job_id
 from orchestrator_core.queues import FullQueuePolicy
 from orchestrator_core.scheduling import AdmissionLimits, Admitted, ClusterState, Refused, admit
 
@@ -51,7 +56,7 @@ from orchestratord.services.lifecycle import Lifecycle
 from orchestratord.store import JobRow, StoredEvent
 from orchestratord.streams import JobStream
 
-__all__ = ["Admission", "estimate_prompt_tokens"]
+__all__ = ["Admission", "JobSpec", "estimate_prompt_tokens"]
 
 _DROPPED = "dropped from a full queue to make room (drop-oldest-batch)"
 
@@ -60,6 +65,23 @@ def estimate_prompt_tokens(prompt: str) -> int:
     """Estimated token count of ``prompt``: UTF-8 bytes / 4, rounded up (≈ 4 bytes per token
     for English text with common tokenizers; conservative for most other text)."""
     return math.ceil(len(prompt.encode("utf-8")) / 4)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A validated request for a job, whatever door it came through."""
+
+    model: str
+    """The model name or alias the client asked for."""
+    prompt: str
+    """The job's input as stored: the prompt, or a chat job's messages as JSON."""
+    input_text: str
+    """The text the prompt-token estimate (context check) reads."""
+    params: JobParams
+    priority: Priority = Priority.INTERACTIVE
+    session_id: str | None = None
+    timeout_s: float | None = None
+    kind: JobKind = JobKind.TASK
 
 
 class Admission:
@@ -90,11 +112,28 @@ class Admission:
     async def submit(
         self, req: TaskSubmitRequest, *, principal: Principal, correlation_id: str
     ) -> TaskSubmitResponse:
-        """Admit a validated request; returns after the durable commit. Raises
+        """Admit a validated ``/v2`` request; returns after the durable commit. Raises
         :class:`OrchestratorError` with a stable code on refusal."""
+        req.validate()
+        spec = JobSpec(
+            model=req.model,
+            prompt=req.prompt,
+            input_text=req.prompt,
+            params=JobParams.from_mapping(req.model_dump()),
+            priority=Priority(req.priority),
+            session_id=req.session_id,
+            timeout_s=req.timeout_s,
+        )
+        return await self.submit_spec(spec, principal=principal, correlation_id=correlation_id)
+
+    async def submit_spec(
+        self, spec: JobSpec, *, principal: Principal, correlation_id: str
+    ) -> TaskSubmitResponse:
+        """Admit a job of any kind (the ``/v1`` routes build their own :class:`JobSpec`);
+        returns after the durable commit."""
         t0 = time.perf_counter()
         try:
-            response = await self._admit(req, principal, correlation_id)
+            response = await self._admit(spec, principal, correlation_id)
         except OrchestratorError as err:
             self.ctx.metrics.tasks_rejected.labels(str(err.code)).inc()
             log("job.rejected", err.message, code=str(err.code), level=logging.DEBUG)
@@ -102,33 +141,45 @@ class Admission:
         self.ctx.metrics.admission_latency.observe(time.perf_counter() - t0)
         return response
 
-    def _check(self, req: TaskSubmitRequest) -> tuple[str, float]:
+    def _check(self, spec: JobSpec) -> tuple[str, float]:
         """Model, context and timeout checks; returns ``(model_ref, timeout_s)``."""
         if not self.ctx.ready:
             raise OrchestratorError("the orchestrator is starting", code=ErrorCode.POOL_UNAVAILABLE)
-        model_ref, context = self.resolve_model(req.model)
+        model_ref, context = self.resolve_model(spec.model)
+        max_tokens = spec.params.max_tokens
         if context is not None:
-            needed = estimate_prompt_tokens(req.prompt) + req.max_tokens
+            needed = estimate_prompt_tokens(spec.input_text) + max_tokens
             if needed > context:
                 raise OrchestratorError(
-                    f"prompt (~{needed - req.max_tokens} tokens) + max_tokens ({req.max_tokens})"
+                    f"prompt (~{needed - max_tokens} tokens) + max_tokens ({max_tokens})"
                     f" exceeds the context of {model_ref} ({context} tokens)",
                     code=ErrorCode.CONTEXT_TOO_LARGE,
                     details={"model": model_ref, "context_length": context, "needed": needed},
                 )
         timeout = self.ctx.config.timeout
-        timeout_s = timeout.default_s if req.timeout_s is None else req.timeout_s
+        timeout_s = timeout.default_s if spec.timeout_s is None else spec.timeout_s
         if timeout_s > timeout.max_s:
             message = f"timeout_s: must be <= {timeout.max_s}, got {timeout_s}"
             raise RequestInvalid([FieldError("timeout_s", ErrorCode.INVALID_PARAMETER, message)])
         return model_ref, float(timeout_s)
 
     async def _admit(
-        self, req: TaskSubmitRequest, principal: Principal, correlation_id: str
+        self, spec: JobSpec, principal: Principal, correlation_id: str
     ) -> TaskSubmitResponse:
-        model_ref, timeout_s = self._check(req)
-        job = Job.from_request(req, now=self.ctx.clock(), tenant_id=principal.tenant)
-        job.model_ref = model_ref
+        model_ref, timeout_s = self._check(spec)
+        now = self.ctx.clock()
+        job = Job(
+            job_id=new_job_id(),
+            model_ref=model_ref,
+            prompt=spec.prompt,
+            params=spec.params,
+            priority=spec.priority,
+            session_id=spec.session_id,
+            tenant_id=principal.tenant,
+            created_at=now,
+            queued_at=now,
+            kind=spec.kind,
+        )
         decision, dropped = await self._decide(job)
         row = JobRow(job=job, timeout_s=timeout_s, correlation_id=correlation_id)
         a = ActiveJob(row=row, stream=JobStream(job.job_id), last_reserved=1)  # 1: queued

@@ -32,6 +32,12 @@ from orchestratord.workers import WorkerError
 
 __all__ = ["Lifecycle"]
 
+_STOP_MESSAGES = {
+    "cancel": "cancelled",
+    "client_gone": "client disconnected (grace expired)",
+    "disconnected": "client disconnected",
+}
+
 
 class Lifecycle:
     """Ends, retries and stops jobs (see the module docstring)."""
@@ -203,8 +209,9 @@ class Lifecycle:
             self.ctx.tasks.spawn(self.stop_job(a, "timeout"), name="timeout")
 
     async def stop_job(self, a: ActiveJob, reason: str) -> None:
-        """Stop ``a`` for ``reason`` (cancel | timeout | client_gone); idempotent, and
-        concurrent calls share one stop."""
+        """Stop ``a`` for ``reason`` (cancel | timeout | client_gone after the reconnect
+        grace | disconnected, a ``/v1`` client that closed its connection: no grace, no
+        resume); idempotent, and concurrent calls share one stop."""
         if a.terminal_sent:
             return
         if a.stop_task is None:
@@ -226,7 +233,7 @@ class Lifecycle:
             )
         else:
             status, code = JobStatus.CANCELLED, ErrorCode.CANCELLED
-            message = "cancelled" if reason == "cancel" else "client disconnected (grace expired)"
+            message = _STOP_MESSAGES.get(reason, reason)
             log(
                 "job.cancel",
                 message,

@@ -14,7 +14,8 @@ import asyncio
 import logging
 from typing import Any
 
-from orchestrator_core import ErrorCode, JobStatus, PoolInfo, WorkerInfo, WorkerStatus
+from orchestrator_core import ErrorCode, JobKind, JobStatus, PoolInfo, WorkerInfo, WorkerStatus
+from orchestrator_core.openai import messages_from_json
 
 from orchestratord.logs import log
 from orchestratord.services.context import Context
@@ -101,12 +102,14 @@ class Relay:
     async def _relay(self, a: ActiveJob, pool_id: str, worker: WorkerInfo, uri: str) -> None:
         worker_id = worker.worker_id
         job = a.job
+        chat = job.kind is JobKind.CHAT
         request = ExecuteRequest.of(
             job.params,
             job_id=a.job_id,
-            prompt=job.prompt or "",
+            prompt="" if chat else job.prompt or "",
             model=worker.model_ref,
             protocol=worker.protocol,
+            messages=messages_from_json(job.prompt or "[]") if chat else None,
         )
         lifecycle = self.lifecycle
         try:

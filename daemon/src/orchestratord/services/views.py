@@ -56,6 +56,7 @@ class Views:
             error = JobError(code=str(job.error_code), message=job.error_message or "")
         return JobStatusResponse(
             job_id=job.job_id,
+            kind=str(job.kind),  # type: ignore[arg-type]
             status=str(job.status),  # type: ignore[arg-type]
             model=job.model_ref,
             priority=str(job.priority),  # type: ignore[arg-type]

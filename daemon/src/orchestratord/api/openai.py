@@ -1,0 +1,333 @@
+"""``/v1``: the OpenAI-compatible front door — completions, chat completions and models.
+
+A request becomes a job exactly as ``POST /v2/tasks`` does (same admission: model, context,
+quota, capacity, 429 with ``Retry-After``, the durable commit before the first byte of the
+answer, then the active policy schedules it), with its kind (``completion`` or ``chat``). The
+job's events are then answered in OpenAI's wire format: ``data:`` chunks ending with
+``data: [DONE]`` when ``stream`` is true, else one JSON object with ``choices`` and ``usage``.
+
+* **Priority**: the body's ``priority`` (what the ``openai`` SDK sends through
+  ``extra_body``), else the ``X-Priority`` header, else ``interactive``.
+* **Tenant**: from the bearer token, as for ``/v2``.
+* **Session**: ``X-Session-Id``, else one derived from ``user``.
+* **Client gone = job cancelled**: a client that closes its connection cancels its job at
+  once (no reconnect grace, no resume on ``/v1``), which closes the engine's stream.
+* **Usage**: ``completion_tokens`` are the tokens relayed; ``prompt_tokens`` the engine's
+  count when it reports one, else the daemon's estimate (UTF-8 bytes / 4).
+* **Errors** are OpenAI's ``{"error": {message, type, param, code}}`` with our stable code in
+  ``code`` and the HTTP status of the code table (see :mod:`orchestratord.api.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from orchestrator_core import (
+    ErrorCode,
+    ModelNotFound,
+    OrchestratorError,
+    PoolStatus,
+    Priority,
+    RequestInvalid,
+    WorkerStatus,
+)
+from orchestrator_core.errors import FieldError
+from orchestrator_core.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIRequest,
+    ResponseBuilder,
+    model_list,
+    model_object,
+    openai_error,
+)
+
+from orchestratord.api.errors import correlation_id, read_body
+from orchestratord.api.openapi import body, openai_errors
+from orchestratord.auth import Authenticator, Principal
+from orchestratord.orchestrator import Orchestrator
+from orchestratord.services.admission import JobSpec, estimate_prompt_tokens
+from orchestratord.services.jobs import ActiveJob
+from orchestratord.store import StoredEvent
+
+__all__ = ["router"]
+
+KEEPALIVE_S = 15.0
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_PRIORITIES = ("interactive", "batch")
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The answer: one JSON object, or (stream: true) an SSE stream of chunks"
+        " ending with data: [DONE]",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return (
+        b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    )
+
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def _priority(request: Request, req: OpenAIRequest) -> Priority:
+    header = request.headers.get("x-priority")
+    if header is not None and header.strip().lower() not in _PRIORITIES:
+        raise RequestInvalid(
+            [
+                FieldError(
+                    "X-Priority",
+                    ErrorCode.INVALID_PARAMETER,
+                    f"X-Priority: must be interactive or batch, got {header[:40]!r}",
+                )
+            ]
+        )
+    return req.priority_or(header.strip().lower() if header else Priority.INTERACTIVE)
+
+
+def _session(request: Request, req: OpenAIRequest) -> str | None:
+    header = request.headers.get("x-session-id")
+    if header is not None and not 1 <= len(header) <= 128:
+        raise RequestInvalid(
+            [
+                FieldError(
+                    "X-Session-Id",
+                    ErrorCode.INVALID_PARAMETER,
+                    "X-Session-Id: must be 1 to 128 characters",
+                )
+            ]
+        )
+    return req.session_id_or(header)
+
+
+class _Answer:
+    """Turns one admitted job's events into the OpenAI answer (streamed or whole)."""
+
+    def __init__(self, orch: Orchestrator, a: ActiveJob, req: OpenAIRequest) -> None:
+        self.orch = orch
+        self.a = a
+        self.req = req
+        self.builder = ResponseBuilder(
+            kind=req.kind, job_id=a.job_id, model=req.model, created=int(orch.ctx.clock())
+        )
+        self.finished = False
+
+    def usage_of(self, end: StoredEvent) -> tuple[int, int]:
+        """``(prompt_tokens, completion_tokens)`` of a completed job."""
+        data = end.payload()
+        prompt = data.get("prompt_tokens")
+        if not isinstance(prompt, int) or prompt < 0:
+            prompt = estimate_prompt_tokens(self.req.input_text())
+        return prompt, self.a.row.tokens
+
+    @staticmethod
+    def error_of(terminal: StoredEvent) -> OrchestratorError:
+        """The job's ``error`` event as an error with our stable code."""
+        data = terminal.payload()
+        try:
+            code = ErrorCode(str(data.get("code")))
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        return OrchestratorError(str(data.get("message") or code), code=code)
+
+    def cancel(self) -> None:
+        """The client went away before the end: cancel its job at once."""
+        if not self.finished and not self.a.terminal_sent:
+            lifecycle = self.orch.lifecycle
+            self.orch.ctx.tasks.spawn(lifecycle.stop_job(self.a, "disconnected"), name="gone")
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The SSE answer (``stream: true``)."""
+        b = self.builder
+        try:
+            for chunk in b.start_chunks():
+                yield _sse(chunk)
+            async for ev in self.a.stream.follow(0, idle_s=KEEPALIVE_S):
+                if ev is None:
+                    yield b": keepalive\n\n"
+                elif ev.kind == "token":
+                    yield _sse(b.chunk(str(ev.payload().get("t", ""))))
+                elif ev.kind == "end":
+                    self.finished = True
+                    yield _sse(b.final_chunk(str(ev.payload().get("finish_reason", "stop"))))
+                    if self.req.include_usage:
+                        yield _sse(b.usage_chunk(*self.usage_of(ev)))
+                    yield _DONE
+                elif ev.kind == "error":
+                    self.finished = True
+                    yield _sse(openai_error(self.error_of(ev)))
+                    yield _DONE
+        finally:
+            self.cancel()
+
+    async def whole(self, request: Request) -> Response:
+        """The one-object answer (``stream: false``); a client that leaves first cancels."""
+        collect = asyncio.ensure_future(self._collect())
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not collect.done():
+                collect.cancel()
+                self.cancel()
+        if not collect.done() or collect.cancelled():
+            return Response(status_code=499)  # nobody is listening any more
+        texts, terminal = collect.result()
+        self.finished = True
+        if terminal.kind == "error":
+            raise self.error_of(terminal)
+        reason = str(terminal.payload().get("finish_reason", "stop"))
+        answer = self.builder.response("".join(texts), reason, *self.usage_of(terminal))
+        return JSONResponse(answer)
+
+    async def _collect(self) -> tuple[list[str], StoredEvent]:
+        texts: list[str] = []
+        async for ev in self.a.stream.follow(0):
+            if ev is None:
+                continue
+            if ev.kind == "token":
+                texts.append(str(ev.payload().get("t", "")))
+            elif ev.terminal:
+                return texts, ev
+        raise OrchestratorError("the job's stream ended without an end", code=ErrorCode.INTERNAL)
+
+
+async def _disconnected(request: Request) -> None:
+    """Until the client closes its connection (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _serve(
+    orch: Orchestrator, request: Request, who: Principal, req: OpenAIRequest
+) -> Response:
+    spec = JobSpec(
+        model=req.model,
+        prompt=req.prompt_text(),
+        input_text=req.input_text(),
+        params=req.job_params(),
+        priority=_priority(request, req),
+        session_id=_session(request, req),
+        kind=req.kind,
+    )
+    reply = await orch.admission.submit_spec(spec, principal=who, correlation_id=correlation_id())
+    a = orch.ctx.jobs.stream_of(reply.job_id)
+    if a is None:  # already gone from memory: cannot happen within one request
+        raise OrchestratorError("the job vanished", code=ErrorCode.INTERNAL)
+    answer = _Answer(orch, a, req)
+    if req.stream:
+        headers = {**_SSE_HEADERS, "X-Job-Id": a.job_id}
+        return StreamingResponse(answer.stream(), media_type="text/event-stream", headers=headers)
+    response = await answer.whole(request)
+    response.headers["X-Job-Id"] = a.job_id
+    return response
+
+
+def _models(orch: Orchestrator) -> dict[str, tuple[str, list[str]]]:
+    """Every model a client may name: canonical id -> (state, aliases). ``loaded``: a ready
+    or busy worker serves it; ``loading``: a worker is starting; ``available``: a pool that
+    is not offline can load it; ``configured``: only in the catalog."""
+    rank = {"configured": 0, "available": 1, "loading": 2, "loaded": 3}
+    state = orch.ctx.cluster.state
+    out: dict[str, tuple[str, list[str]]] = {
+        m.model_ref: ("configured", list(m.aliases)) for m in state.catalog
+    }
+
+    def see(name: str, what: str) -> None:
+        ref = state.catalog.resolve(name)
+        old, aliases = out.get(ref, ("configured", []))
+        out[ref] = (what if rank[what] > rank[old] else old, aliases)
+
+    for pool in orch.ctx.cluster.pools():
+        if pool.status is PoolStatus.OFFLINE:
+            continue
+        for name in pool.models:
+            see(name, "available")
+        for w in pool.workers:
+            if w.status in (WorkerStatus.READY, WorkerStatus.BUSY):
+                see(w.model_ref, "loaded")
+            elif w.status is WorkerStatus.STARTING:
+                see(w.model_ref, "loading")
+    return out
+
+
+def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
+    """The ``/v1`` routes over ``orch``."""
+    api = APIRouter(tags=["openai"])
+    limit = orch.config.server.max_body_bytes
+    created = int(orch.ctx.clock())
+
+    @api.post(
+        "/v1/completions",
+        response_class=Response,
+        responses={**_ANSWERS, **openai_errors(400, 404, 413, 429, 502, 503, 504)},
+        openapi_extra=body("CompletionRequest"),
+        summary="OpenAI-compatible completion of one prompt (streamed or whole)",
+    )
+    async def completions(request: Request) -> Response:
+        who = auth.authenticate(request.headers.get("authorization"), "client")
+        req = CompletionRequest.parse(await read_body(request, limit))
+        return await _serve(orch, request, who, req)
+
+    @api.post(
+        "/v1/chat/completions",
+        response_class=Response,
+        responses={**_ANSWERS, **openai_errors(400, 404, 413, 429, 502, 503, 504)},
+        openapi_extra=body("ChatCompletionRequest"),
+        summary="OpenAI-compatible chat completion (the engine applies its chat template)",
+    )
+    async def chat_completions(request: Request) -> Response:
+        who = auth.authenticate(request.headers.get("authorization"), "client")
+        req = ChatCompletionRequest.parse(await read_body(request, limit))
+        return await _serve(orch, request, who, req)
+
+    @api.get(
+        "/v1/models",
+        responses={
+            200: {"description": "The models", "content": {"application/json": {}}},
+            **openai_errors(),
+        },
+        summary="Models of the catalog and of the pools, with their state",
+    )
+    async def models(request: Request) -> JSONResponse:
+        auth.authenticate(request.headers.get("authorization"), "client")
+        objects = [
+            model_object(ref, created=created, state=st, details={"aliases": aliases})
+            for ref, (st, aliases) in sorted(_models(orch).items())
+        ]
+        return JSONResponse(model_list(objects))
+
+    @api.get(
+        "/v1/models/{model_id:path}",
+        responses={
+            200: {"description": "One model", "content": {"application/json": {}}},
+            **openai_errors(404),
+        },
+        summary="One model (by id or alias)",
+    )
+    async def one_model(request: Request, model_id: str) -> JSONResponse:
+        auth.authenticate(request.headers.get("authorization"), "client")
+        known = _models(orch)
+        ref = orch.ctx.cluster.canonical_model(model_id)
+        if ref not in known:
+            raise ModelNotFound(model_id)
+        st, aliases = known[ref]
+        return JSONResponse(
+            model_object(ref, created=created, state=st, details={"aliases": aliases})
+        )
+
+    return api
