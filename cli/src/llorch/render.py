@@ -106,7 +106,18 @@ def render_jobs(out: Output, jobs: list[JobStatusResponse], now: float) -> None:
     """The job list as a table. Piped output always has the same columns (scripts count on
     them); on a terminal, the session and error columns appear only when some job has one and
     the worker is left to ``jobs status``."""
-    columns = ["job", "status", "priority", "model", "session", "tokens", "age", "where", "error"]
+    columns = [
+        "job",
+        "status",
+        "priority",
+        "model",
+        "session",
+        "tokens",
+        "age",
+        "where",
+        "error",
+        "kind",
+    ]
     rows: list[list[Cell]] = [
         [
             job.job_id,
@@ -118,6 +129,7 @@ def render_jobs(out: Output, jobs: list[JobStatusResponse], now: float) -> None:
             age(job.created_at, now),
             _where(job),
             job.error.code if job.error else "",
+            job.kind,
         ]
         for job in jobs
     ]
@@ -139,6 +151,7 @@ def render_job(out: Output, job: JobStatusResponse, now: float) -> None:
     """One job's details."""
     pairs: list[tuple[str, Cell]] = [
         ("job", job.job_id),
+        ("kind", job.kind),
         ("status", styled(job.status)),
         ("model", job.model),
         ("priority", job.priority),

@@ -448,3 +448,12 @@ def test_a_real_ctrl_c_while_an_event_is_printed_keeps_the_resume_point_exact(fa
     assert shown[-1]["id"] == "5"
     assert f"llorch jobs watch {job_id} --since 5" in result.stderr
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handler restored"
+
+
+def test_list_shows_each_jobs_kind_in_the_last_column(fake):
+    fake.add_job("completed", kind="chat")
+    fake.add_job("queued", kind="completion")
+    fake.add_job("queued")  # a /v2 task (the server's default kind)
+    rows = invoke(fake, "jobs", "list").stdout.splitlines()
+    assert rows[0].split("\t")[-1] == "KIND"
+    assert sorted(r.split("\t")[-1] for r in rows[1:]) == ["chat", "completion", "task"]
