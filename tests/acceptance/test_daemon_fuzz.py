@@ -1,6 +1,7 @@
-"""API fuzzing from the served OpenAPI document (schemathesis) against a real daemon process:
-no 5xx, no status, content type, header or body that the document does not declare, and
-schema-invalid input refused with a 4xx. Bounded to 50 examples per operation."""
+"""API fuzzing from the served OpenAPI document (schemathesis) against a real daemon process,
+every route included (``/v2`` and the OpenAI-compatible ``/v1``): no 5xx, no status, content
+type, header or body that the document does not declare, and schema-invalid input refused
+with a 4xx. Bounded to 50 examples per operation."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ from schemathesis.generation.case import Case
 CONFIG = """
 [queue]
 capacity = 20
+
+[timeout]
+default_s = 1.0   # a /v1 answer waits for its job (no worker here): never for long
 
 [[models]]
 model_ref = "m1"
