@@ -481,6 +481,27 @@ async def test_a_pool_of_openai_workers_reports_the_protocol(make_pool: Any, htt
     assert datas[-1] == "[DONE]"
 
 
+async def test_the_pool_stats_see_one_job_on_two_engines_at_once(make_pool: Any, http: Any) -> None:
+    pool = await make_pool(engine=SimEngineConfig(ttft_s=0.0, tokens_per_s=50.0))
+    workers = [(await start_worker(http, pool, "m1", g)).json()["worker_id"] for g in "01"]
+    for wid in workers:
+        await eventually(lambda wid=wid: worker_status_sync(pool, wid) == "ready")
+    uris = [pool.workers.get(wid).uri for wid in workers]
+    body = {"job_id": "twice", "prompt": "x", "max_tokens": 5}
+    ends = await asyncio.gather(*(drain(http, f"{uri}/execute", body) for uri in uris))
+    assert all(events[-1].event == "end" for events in ends)
+    stats = (await http.get(f"{pool.url}/sim/stats", params={"job_id": "twice"})).json()
+    assert stats["pool_id"] == "sim-1"
+    job = stats["jobs"]["twice"]
+    assert (job["executions"], job["max_concurrent"], job["active"]) == (2, 2, 0)
+    assert sorted(run["worker_id"] for run in job["runs"]) == sorted(workers)
+    assert stats["counters"]["max_concurrent_same_job"] == 2
+    # Each engine saw it once.
+    own = (await http.get(f"{uris[0]}/sim/stats")).json()
+    assert own["jobs"]["twice"]["max_concurrent"] == 1
+    assert own["worker_id"] == workers[0]
+
+
 # -- the llorch-sim pool program ----------------------------------------------------------
 
 

@@ -7,11 +7,20 @@ Worker protocol (what an engine serves, natively or through the simulator)::
          token   {i, t}                 (i = index of the token event, t = its text)
          metrics {tokens, elapsed_ms, ...}          (may interleave with tokens)
          then exactly one of
-         end     {tokens, finish_reason: "length" | "stop"}
+         end     {tokens, finish_reason: "length" | "stop",
+                  prompt_tokens, completion_tokens}
          error   {code, message}
     POST {worker}/cancel   CancelRequest           -> 202, idempotent; the stream ends with
                                                       error {code: "CANCELLED"}
     GET  {worker}/health                           -> 200 when ready, 503 while loading
+
+``ExecuteRequest`` carries exactly one of ``prompt`` (a completion: the text is the model's
+input as it is) and ``messages`` (a chat: ``[{role: "system"|"user"|"assistant", content}]``,
+which the *engine* renders with its own chat template, then generates the assistant's
+answer); both or neither is a 400. ``presence_penalty`` / ``frequency_penalty`` (-2..2,
+default 0) are optional. In ``end``, ``completion_tokens`` equals ``tokens`` (generated
+tokens) and ``prompt_tokens`` is the engine's own count of its input (the rendered chat for
+``messages``) with its tokenizer. Unknown request fields are ignored.
 
 Pool-agent API (what a pool serves to the orchestrator)::
 
@@ -40,13 +49,18 @@ from orchestrator_core.api import (
     TopK,
     TopP,
 )
+from orchestrator_core.errors import ErrorCode, FieldError, RequestInvalid
 from orchestrator_core.jobs import JobParams
 from orchestrator_core.pools import GpuInfo, PoolHeartbeat, PoolStatus, WorkerInfo
-from pydantic import ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 __all__ = [
     "CORRELATION_HEADER",
+    "MAX_CHAT_CHARS",
+    "MAX_CHAT_MESSAGES",
     "CancelRequest",
+    "ChatMessage",
+    "ChatRole",
     "ExecuteRequest",
     "FinishReason",
     "PoolInventory",
@@ -60,6 +74,16 @@ CORRELATION_HEADER = "X-Correlation-Id"
 """Header carrying the correlation id between orchestrator, pools and workers."""
 
 _CORRELATION_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+MAX_CHAT_MESSAGES = 4096
+"""Most messages in one chat job."""
+MAX_CHAT_CHARS = 1_000_000
+"""Most characters in all the messages of one chat job together (as for one prompt)."""
+
+ChatRole = Literal["system", "user", "assistant"]
+"""Who wrote a chat message."""
+
+_Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 FinishReason = Literal["length", "stop"]
 """Why a stream ended normally: ``max_tokens`` reached, or a stop string / end of sequence."""
@@ -83,16 +107,36 @@ def correlation_id_from(value: str | None) -> str:
     return uuid.uuid4().hex
 
 
+class ChatMessage(BaseModel):
+    """One message of a chat job (``ExecuteRequest.messages``). Unknown fields (``name``…)
+    are ignored. A plain pydantic model, validated as part of the request, so that errors
+    name the whole path (``messages[0].role``)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    role: ChatRole
+    content: Annotated[str, Field(max_length=MAX_CHAT_CHARS)]
+
+
 class ExecuteRequest(ApiModel):
     """``POST {worker}/execute``: run one job. Unknown extra fields are ignored (a newer
     orchestrator may send more), every known field is validated. The sampling fields have
     the types and limits of the core's :class:`~orchestrator_core.api.TaskSubmitRequest` and
-    the defaults of :class:`~orchestrator_core.jobs.JobParams`."""
+    the defaults of :class:`~orchestrator_core.jobs.JobParams`.
+
+    Exactly one of ``prompt`` (non-empty) and ``messages`` is given: with ``messages`` the
+    job is a chat, which the engine renders with its own chat template (``prompt`` is then
+    absent, ``null`` or ``""``). ``presence_penalty`` and ``frequency_penalty`` are
+    OpenAI's (-2..2, 0 = off); an engine that has no such sampler ignores them.
+    """
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
     job_id: Annotated[str, Field(min_length=1, max_length=128)]
-    prompt: Annotated[str, Field(min_length=1, max_length=1_000_000)]
+    prompt: Annotated[str, Field(max_length=1_000_000)] | None = None
+    messages: (
+        Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_CHAT_MESSAGES)] | None
+    ) = None
     max_tokens: MaxTokens
     temperature: Annotated[Temperature, Strict(False)] = 0.7
     top_p: Annotated[TopP, Strict(False)] = 1.0
@@ -100,6 +144,29 @@ class ExecuteRequest(ApiModel):
     repetition_penalty: Annotated[RepetitionPenalty, Strict(False)] = 1.0
     stop: StopSequences = Field(default_factory=list)
     seed: Seed | None = None
+    presence_penalty: Annotated[_Penalty, Strict(False)] = 0.0
+    frequency_penalty: Annotated[_Penalty, Strict(False)] = 0.0
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> ExecuteRequest:
+        # RequestInvalid is no ValueError: it leaves pydantic as it is, naming the fields.
+        if self.messages is not None and self.prompt:
+            message = "messages: not allowed together with a prompt (give one of them)"
+            raise RequestInvalid([FieldError("messages", ErrorCode.INVALID_REQUEST, message)])
+        if self.messages is None and not self.prompt:
+            message = "prompt: is required (or messages, for a chat job)"
+            raise RequestInvalid([FieldError("prompt", ErrorCode.INVALID_REQUEST, message)])
+        if self.messages is not None and sum(len(m.content) for m in self.messages) > (
+            MAX_CHAT_CHARS
+        ):
+            message = f"messages: at most {MAX_CHAT_CHARS} characters of content in all"
+            raise RequestInvalid([FieldError("messages", ErrorCode.INVALID_PARAMETER, message)])
+        return self
+
+    @property
+    def is_chat(self) -> bool:
+        """True for a chat job (``messages`` given)."""
+        return self.messages is not None
 
     def job_params(self) -> JobParams:
         """The sampling fields as the core's :class:`~orchestrator_core.jobs.JobParams`."""

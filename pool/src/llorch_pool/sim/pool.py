@@ -12,7 +12,14 @@ So the orchestrator cannot tell it from a real pool, except by the ``/sim/*`` co
 ``POST /sim/faults``                ``{heartbeat_paused?, heartbeat_delay_s?,
                                     engine_faults?: EngineFaults, apply_to_running?}``
 ``POST /sim/workers/{id}/crash``    kill that worker's engine (its process "dies")
+``GET /sim/stats[?job_id=…]``       the runs of every engine this pool started
+                                    (:class:`~llorch_pool.sim.ledger.JobLedger` JSON
+                                    plus ``pool_id``): ``max_concurrent`` of a job id
+                                    counts its runs on *all* those engines at once
 =================================  ===================================================
+
+Each engine's ledger has the pool's as its parent; give several pools one ``ledger`` (its
+own parent) to see runs across pools.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from llorch_pool.errors import WorkerNotFound
 from llorch_pool.protocol import WorkerProtocol
 from llorch_pool.serving import RunningServer, error_response, read_json, serve_app
 from llorch_pool.sim.engine import EngineFaults, SimEngineConfig, SimulatedEngine
+from llorch_pool.sim.ledger import JobLedger
 
 __all__ = [
     "InProcessEngineHandle",
@@ -170,7 +178,8 @@ class InProcessEngineHandle:
 
 
 class SimulatedEngineLauncher:
-    """Launches :class:`SimulatedEngine` servers in-process for a simulated pool."""
+    """Launches :class:`SimulatedEngine` servers in-process for a simulated pool; every
+    engine's ledger reports to :attr:`ledger` too."""
 
     def __init__(
         self,
@@ -180,7 +189,9 @@ class SimulatedEngineLauncher:
         faults: SimPoolFaults | None = None,
         protocol: WorkerProtocol = WorkerProtocol.NATIVE,
         host: str = "127.0.0.1",
+        ledger: JobLedger | None = None,
     ) -> None:
+        self.ledger = ledger or JobLedger()
         self.defaults = engine or SimEngineConfig()
         self.faults = faults or SimPoolFaults()
         self.protocol = protocol
@@ -219,6 +230,7 @@ class SimulatedEngineLauncher:
         engine = SimulatedEngine(
             self.engine_config(spec.model.model_ref, spec.worker_id),
             self.faults.engine_faults.model_copy(),
+            ledger=JobLedger(parent=self.ledger),
         )
         server = await serve_app(engine.app, host=self.host, port=0)
         handle = InProcessEngineHandle(engine, server)
@@ -230,7 +242,8 @@ class SimulatedEngineLauncher:
 
 class SimulatedPool(PoolAgent):
     """A pool agent with ``gpus`` simulated GPUs of ``vram_bytes_per_gpu`` each, able to
-    start simulated engines for ``models``. See the module docstring."""
+    start simulated engines for ``models``. ``ledger`` gathers its engines' runs (default:
+    one of its own). See the module docstring."""
 
     def __init__(
         self,
@@ -243,6 +256,7 @@ class SimulatedPool(PoolAgent):
         engine: SimEngineConfig | None = None,
         faults: SimPoolFaults | None = None,
         protocol: WorkerProtocol = WorkerProtocol.NATIVE,
+        ledger: JobLedger | None = None,
         **agent_options: Any,
     ) -> None:
         if gpus < 1:
@@ -254,7 +268,9 @@ class SimulatedPool(PoolAgent):
             faults=self.faults,
             protocol=protocol,
             host=agent_options.get("listen_host", "127.0.0.1"),
+            ledger=ledger,
         )
+        self.ledger = self.launcher.ledger
         gb = vram_bytes_per_gpu / _GB
         specs = [
             GpuSpec(str(i), f"Simulated GPU ({gb:g} GB)", vram_bytes_per_gpu) for i in range(gpus)
@@ -263,6 +279,7 @@ class SimulatedPool(PoolAgent):
             Route("/sim/faults", self._get_faults, methods=["GET"]),
             Route("/sim/faults", self._set_faults, methods=["POST"]),
             Route("/sim/workers/{worker_id}/crash", self._crash_worker, methods=["POST"]),
+            Route("/sim/stats", self._get_stats, methods=["GET"]),
         ]
         super().__init__(
             pool_id=pool_id,
@@ -317,6 +334,10 @@ class SimulatedPool(PoolAgent):
             apply_to_running=update.apply_to_running,
         )
         return JSONResponse(self.faults.model_dump(mode="json"))
+
+    async def _get_stats(self, request: Request) -> Response:
+        job_ids = request.query_params.getlist("job_id") or None
+        return JSONResponse({"pool_id": self.pool_id} | self.ledger.snapshot(job_ids))
 
     async def _crash_worker(self, request: Request) -> Response:
         worker_id = request.path_params["worker_id"]

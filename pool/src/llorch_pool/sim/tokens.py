@@ -6,14 +6,17 @@ the sampling parameters, so the same request always produces the same text, as a
 does with a fixed seed. :class:`StopScanner` cuts the stream at the first stop string and
 holds back text that might be the start of one, as real engines do, so that no stop string
 (or a piece of one) is ever sent to the client.
+
+The simulator's chat template (:func:`render_chat`) and tokenizer (:func:`count_tokens`) are
+made up and trivial, but documented, so that tests can predict what an engine reports.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
-__all__ = ["VOCABULARY", "StopScanner", "TokenSource"]
+__all__ = ["VOCABULARY", "StopScanner", "TokenSource", "count_tokens", "render_chat"]
 
 VOCABULARY: tuple[str, ...] = (
     " the", " a", " model", " token", " stream", " of", " and", " to", " in", " is",
@@ -116,3 +119,26 @@ class StopScanner:
                     best = k
                     break
         return best
+
+
+def render_chat(messages: Iterable[tuple[str, str]]) -> str:
+    """The simulator's chat template: each ``(role, content)`` becomes ``<|role|>`` and the
+    content on lines of their own, and the assistant's turn is opened at the end::
+
+        <|system|>
+        You are terse.
+        <|user|>
+        Hello
+        <|assistant|>
+
+    (every line ends with ``\\n``, the last one too). Contents are not escaped. The rendered
+    text is the prompt the engine generates from, so it seeds :class:`TokenSource`.
+    """
+    parts = [f"<|{role}|>\n{content}\n" for role, content in messages]
+    return "".join(parts) + "<|assistant|>\n"
+
+
+def count_tokens(text: str) -> int:
+    """The simulator's tokenizer, for prompt token counts: one token per whitespace-separated
+    word (so each chat-template marker is one token), and at least 1."""
+    return max(1, len(text.split()))
