@@ -68,6 +68,7 @@ from orchestratord.workers import (
     WorkerEvent,
     WorkerLost,
     WorkerUnreachable,
+    drain_response,
 )
 
 __all__ = ["OpenAIWorkerClient", "normalise_finish_reason"]
@@ -247,7 +248,8 @@ class OpenAIWorkerClient:
                     )
                 )
                 decoder = SseDecoder()
-                async for line in resp.aiter_lines():
+                lines = resp.aiter_lines()
+                async for line in lines:
                     parsed = decoder.feed(line)
                     if parsed is None:
                         continue
@@ -257,6 +259,7 @@ class OpenAIWorkerClient:
                             why = "the engine ended the stream without a finish_reason"
                             put(self._broke(stream, why))
                             return
+                        await drain_response(lines)  # the connection goes back to the pool
                         break
                     try:
                         chunk = json.loads(raw)

@@ -33,6 +33,8 @@ vLLM, llama.cpp's server, SGLang, Ollama) are driven by
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -52,6 +54,7 @@ __all__ = [
     "WorkerEvent",
     "WorkerLost",
     "WorkerUnreachable",
+    "drain_response",
 ]
 
 
@@ -150,6 +153,19 @@ class WorkerClient(Protocol):
 
 _TERMINAL = {"end", "error"}
 _URI_MEMORY = 4096
+_DRAIN_S = 1.0
+
+
+async def drain_response(lines: AsyncIterator[str], limit_s: float = _DRAIN_S) -> None:
+    """Read what is left of a streamed response after its last event (at most ``limit_s``).
+
+    httpx returns a connection to its keep-alive pool only when the response was read to the
+    end; one closed half-read costs a new TCP connection for the next job (and a socket in
+    TIME_WAIT)."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(limit_s):
+            async for _ in lines:
+                pass
 
 
 class NativeWorkerClient:
@@ -185,7 +201,8 @@ class NativeWorkerClient:
                     await resp.aread()
                     raise WorkerUnreachable(f"worker answered {resp.status_code} to /execute")
                 decoder = SseDecoder()
-                async for line in resp.aiter_lines():
+                lines = resp.aiter_lines()
+                async for line in lines:
                     parsed = decoder.feed(line)
                     if parsed is None:
                         continue
@@ -197,9 +214,11 @@ class NativeWorkerClient:
                     if not isinstance(data, dict):
                         data = {"value": data}
                     started = True
-                    yield WorkerEvent(kind, data)
                     if kind in _TERMINAL:
+                        await drain_response(lines)  # the connection goes back to the pool
+                        yield WorkerEvent(kind, data)
                         return
+                    yield WorkerEvent(kind, data)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise WorkerUnreachable(f"cannot reach worker: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from orchestrator_core import ErrorCode, JobKind, JobStatus, PoolInfo, WorkerInfo, WorkerStatus
@@ -22,7 +23,7 @@ from orchestratord.services.context import Context
 from orchestratord.services.events import EventWriter
 from orchestratord.services.jobs import ActiveJob
 from orchestratord.services.lifecycle import Lifecycle
-from orchestratord.workers import ExecuteRequest, WorkerLost, WorkerUnreachable
+from orchestratord.workers import ExecuteRequest, WorkerEvent, WorkerLost, WorkerUnreachable
 
 __all__ = ["Relay"]
 
@@ -117,29 +118,12 @@ class Relay:
             stream = self.ctx.worker_client.execute(
                 uri, request, correlation_id=a.row.correlation_id
             )
-            async for ev in stream:
-                if a.terminal_sent:
-                    return
-                if a.stopping is not None:
-                    if ev.kind in ("end", "error"):
-                        return  # the stop path ends the job
-                    continue
-                if ev.kind == "token":
-                    await self._token(a, ev.data)
-                    continue
-                if ev.kind == "error":
-                    lifecycle.release(a)
-                    await self._worker_error(a, ev.data)
-                    return
-                if ev.kind not in ("started", "metrics", "end"):
-                    continue  # a kind this daemon does not know: ignored
-                await self._started(a, pool_id, worker_id)
-                if ev.kind == "metrics":
-                    await self.events.emit(a, "metrics", ev.data)
-                elif ev.kind == "end":
-                    lifecycle.release(a)
-                    await lifecycle.finish(a, JobStatus.COMPLETED, end_data=ev.data)
-                    return
+            try:
+                await self._follow(a, stream, pool_id, worker_id)
+            finally:  # close the worker's stream now, not whenever it is collected
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         except asyncio.CancelledError:
             raise
         except WorkerUnreachable as exc:
@@ -157,6 +141,35 @@ class Relay:
             await lifecycle.fault(a, ErrorCode.WORKER_FAILED, f"relay error: {type(exc).__name__}")
         finally:
             lifecycle.release(a)
+
+    async def _follow(
+        self, a: ActiveJob, stream: AsyncIterator[WorkerEvent], pool_id: str, worker_id: str
+    ) -> None:
+        """Turn the worker's events into the job's, until its end (or a stop)."""
+        lifecycle = self.lifecycle
+        async for ev in stream:
+            if a.terminal_sent:
+                return
+            if a.stopping is not None:
+                if ev.kind in ("end", "error"):
+                    return  # the stop path ends the job
+                continue
+            if ev.kind == "token":
+                await self._token(a, ev.data)
+                continue
+            if ev.kind == "error":
+                lifecycle.release(a)
+                await self._worker_error(a, ev.data)
+                return
+            if ev.kind not in ("started", "metrics", "end"):
+                continue  # a kind this daemon does not know: ignored
+            await self._started(a, pool_id, worker_id)
+            if ev.kind == "metrics":
+                await self.events.emit(a, "metrics", ev.data)
+            elif ev.kind == "end":
+                lifecycle.release(a)
+                await lifecycle.finish(a, JobStatus.COMPLETED, end_data=ev.data)
+                return
 
     async def _started(self, a: ActiveJob, pool_id: str, worker_id: str) -> None:
         if a.started_sent:
