@@ -334,12 +334,12 @@ class MemoryStore:
 
     async def events_after(self, job_id: str, after: int) -> list[StoredEvent]:
         """See :meth:`Store.events_after`."""
-        return [e for e in self._events.get(job_id, ()) if e.event_id > after]
+        events = [e for e in self._events.get(job_id, ()) if e.event_id > after]
+        return sorted(events, key=lambda e: e.event_id)  # deferred events come in later
 
     async def last_event_id(self, job_id: str) -> int:
         """See :meth:`Store.last_event_id`."""
-        events = self._events.get(job_id)
-        return events[-1].event_id if events else 0
+        return max((e.event_id for e in self._events.get(job_id, ())), default=0)
 
     async def purge_results(self, finished_before: float) -> int:
         """See :meth:`Store.purge_results`."""

@@ -16,6 +16,7 @@ Wire format (one event)::
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import AsyncIterator, Iterable
 
 from orchestratord.store import StoredEvent
@@ -89,6 +90,9 @@ class JobStream:
         if not self.events:
             return []
         start = max(0, last_id - self.events[0].event_id + 1)
+        if start >= len(self.events) or self.events[start - 1].event_id != last_id:
+            # ids have a gap (a terminal event numbered past lost ones): search
+            start = bisect.bisect_right(self.events, last_id, key=lambda e: e.event_id)
         return self.events[start:]
 
     def next_publish(self) -> asyncio.Future[None]:

@@ -1,10 +1,19 @@
-"""A job's events: committed to the store first, then published to its SSE stream, in order.
+"""A job's events: stored, then published to its SSE stream, in order.
 
-Commits of non-terminal events are pipelined: the relay goes on reading the worker while
-earlier events are being committed (the store's writer commits them in order, batched), and
-each event is published only once it — and every event before it — is committed. At most
-:data:`MAX_INFLIGHT` events per job are in flight. A failed commit stops publishing for that
-job and reports it (:attr:`EventWriter.on_write_failed`), which ends the job.
+Lifecycle events (``queued``, ``started``, the first ``token`` with the job's row, the
+terminal event) are committed before they are published. Commits are pipelined: the relay
+goes on reading the worker while earlier events are being committed (the store's writer
+commits them in order, batched), and each event is published only once it — and every event
+before it — is committed. At most :data:`MAX_INFLIGHT` events per job are in flight. A failed
+commit stops publishing for that job and reports it (:attr:`EventWriter.on_write_failed`),
+which ends the job.
+
+The other ``token`` and ``metrics`` events are *deferred*: published at once (still after
+every event before them), kept in memory (the job's stream serves live resumes) and stored
+in one batch with the terminal event, in the same transaction. One durable write per
+lifecycle step instead of one row per token; a finished job's events are all stored. If the
+daemon dies mid-stream, the job fails at restart (tokens were relayed) and its terminal event
+is numbered past any id its lost events had (see :data:`LOST_EVENTS_GAP`).
 """
 
 from __future__ import annotations
@@ -25,6 +34,10 @@ __all__ = ["MAX_INFLIGHT", "EventWriter"]
 
 MAX_INFLIGHT = 256
 
+LOST_EVENTS_GAP = 1_000_000
+"""How far past its last stored event id a recovered job's terminal event is numbered when
+deferred events may have been published and lost: beyond any id a client can hold."""
+
 
 class EventWriter:
     """Commit-then-publish of job events (see the module docstring)."""
@@ -35,14 +48,30 @@ class EventWriter:
         """Called once per job whose event could not be stored (the lifecycle ends it)."""
 
     async def emit(
-        self, a: ActiveJob, kind: str, data: dict[str, Any], *, row: bool = False
+        self,
+        a: ActiveJob,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        row: bool = False,
+        deferred: bool = False,
     ) -> bool:
         """Commit, then publish, one non-terminal event (with the job's row when ``row``);
-        False when the job is ending."""
+        or, ``deferred``, publish it now and store it with the terminal event. False when
+        the job is ending."""
         if a.terminal_sent or a.closing or a.write_failed:
             return False
         a.last_reserved += 1
         event = StoredEvent(a.job_id, a.last_reserved, kind, dumps(data))
+        if deferred and not row:
+            a.unstored.append(event)
+            if not a.inflight:
+                a.stream.publish(event)
+                return True
+            stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            stored.set_result(None)  # nothing to wait for but the events before it
+            a.inflight.append((stored, event))
+            return True
         commit = asyncio.ensure_future(
             self.store.commit(jobs=[a.row] if row else (), events=[event], durable=False)
         )

@@ -55,6 +55,11 @@ class ActiveJob:
     closing: bool = False
     """The job is ending: no more non-terminal events."""
     write_failed: bool = False
+    unstored: list[StoredEvent] = field(default_factory=list)
+    """Deferred events published but not stored yet: they go with the terminal event."""
+    events_lost: bool = False
+    """Recovered after a crash with deferred events that were never stored: the terminal
+    event's id skips past theirs."""
 
     def __post_init__(self) -> None:
         self.last_reserved = max(self.last_reserved, self.stream.last_id)

@@ -69,7 +69,7 @@ class Lifecycle:
             self._end(a, status, code, message)
             event = self.events.terminal_event(a, end_data)
             try:
-                await self.ctx.store.commit(jobs=[a.row], events=[event], durable=True)
+                await self.ctx.store.commit(jobs=[a.row], events=[*a.unstored, event], durable=True)
             except Exception:
                 log(
                     "http.error",
@@ -79,8 +79,9 @@ class Lifecycle:
                     job_id=a.job_id,
                 )
                 raise
+            a.unstored.clear()
             a.terminal_sent = True
-            a.stream.publish(event, gap_ok=a.write_failed)
+            a.stream.publish(event, gap_ok=a.write_failed or a.events_lost)
         self.retire(a)
         return True
 

@@ -13,6 +13,7 @@ from orchestrator_core import ErrorCode, JobStatus
 
 from orchestratord.logs import log
 from orchestratord.services.context import Context
+from orchestratord.services.events import LOST_EVENTS_GAP
 from orchestratord.services.jobs import ActiveJob
 from orchestratord.services.lifecycle import Lifecycle
 from orchestratord.streams import JobStream
@@ -39,6 +40,11 @@ async def recover(ctx: Context, lifecycle: Lifecycle) -> None:
         a = ActiveJob(row=row, stream=JobStream(row.job.job_id, events))
         a.started_sent = any(e.kind == "started" for e in events)
         row.tokens = sum(1 for e in events if e.kind == "token")
+        if row.first_token_at is not None:
+            # Deferred token events may have been published and never stored: the terminal
+            # event is numbered past any id a client can hold.
+            a.events_lost = True
+            a.last_reserved = a.stream.last_id + LOST_EVENTS_GAP
         a.pending = False
         ctx.jobs.add(a)
         job = row.job

@@ -165,7 +165,7 @@ class Relay:
                 continue  # a kind this daemon does not know: ignored
             await self._started(a, pool_id, worker_id)
             if ev.kind == "metrics":
-                await self.events.emit(a, "metrics", ev.data)
+                await self.events.emit(a, "metrics", ev.data, deferred=True)
             elif ev.kind == "end":
                 lifecycle.release(a)
                 await lifecycle.finish(a, JobStatus.COMPLETED, end_data=ev.data)
@@ -192,7 +192,9 @@ class Relay:
         if first:
             a.row.first_token_at = self.ctx.clock()
         payload = {"i": a.row.tokens - 1, "t": text if isinstance(text, str) else str(text)}
-        if await self.events.emit(a, "token", payload, row=first):
+        # The first token is stored with the row (recovery reads first_token_at): later
+        # ones are deferred to the terminal commit.
+        if await self.events.emit(a, "token", payload, row=first, deferred=not first):
             self.ctx.metrics.tokens_relayed.inc()
             if first:
                 self.ctx.metrics.ttft.observe(max(0.0, self.ctx.clock() - job.created_at))
