@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -271,29 +271,28 @@ def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
     limit = orch.config.server.max_body_bytes
     created = int(orch.ctx.clock())
 
-    @api.post(
-        "/v1/completions",
-        response_class=Response,
-        responses={**_ANSWERS, **openai_errors(400, 404, 413, 429, 502, 503, 504)},
-        openapi_extra=body("CompletionRequest"),
-        summary="OpenAI-compatible completion of one prompt (streamed or whole)",
-    )
-    async def completions(request: Request) -> Response:
-        who = auth.authenticate(request.headers.get("authorization"), "client")
-        req = CompletionRequest.parse(await read_body(request, limit))
-        return await _serve(orch, request, who, req)
+    def endpoint(kind: type[OpenAIRequest]) -> Callable[[Request], Awaitable[Response]]:
+        async def answer(request: Request) -> Response:
+            who = auth.authenticate(request.headers.get("authorization"), "client")
+            req = kind.parse(await read_body(request, limit))
+            return await _serve(orch, request, who, req)
 
-    @api.post(
-        "/v1/chat/completions",
-        response_class=Response,
-        responses={**_ANSWERS, **openai_errors(400, 404, 413, 429, 502, 503, 504)},
-        openapi_extra=body("ChatCompletionRequest"),
-        summary="OpenAI-compatible chat completion (the engine applies its chat template)",
-    )
-    async def chat_completions(request: Request) -> Response:
-        who = auth.authenticate(request.headers.get("authorization"), "client")
-        req = ChatCompletionRequest.parse(await read_body(request, limit))
-        return await _serve(orch, request, who, req)
+        return answer
+
+    for path, kind, summary in (
+        ("/v1/completions", CompletionRequest, "completion of one prompt (streamed or whole)"),
+        ("/v1/chat/completions", ChatCompletionRequest, "chat completion (the engine's template)"),
+    ):
+        api.add_api_route(
+            path,
+            endpoint(kind),
+            methods=["POST"],
+            response_class=Response,
+            responses={**_ANSWERS, **openai_errors(400, 404, 413, 429, 502, 503, 504)},
+            openapi_extra=body(kind.__name__),
+            summary=f"OpenAI-compatible {summary}",
+            name=kind.__name__,
+        )
 
     @api.get(
         "/v1/models",
