@@ -191,6 +191,11 @@ class ModelEntry(_Section):
     vram_bytes: Annotated[int, Field(ge=0)] = 0
     context_length: Annotated[int, Field(ge=1)] = 4096
     family: str = ""
+    chat: bool = Field(
+        default=True,
+        description="Serves chat (its engines apply a chat template); false for base models: "
+        "POST /v1/chat/completions for it is refused with 400",
+    )
 
 
 class TenantConfig(_Section):

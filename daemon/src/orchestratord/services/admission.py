@@ -91,6 +91,8 @@ class Admission:
         self.ctx = ctx
         self.lifecycle = lifecycle
         self.limits = AdmissionLimits.from_config(ctx.config)
+        self.no_chat = {m.model_ref for m in ctx.config.models if not m.chat}
+        """Catalog models marked ``chat = false`` (base models without a chat template)."""
         self._reserved = 0
         self._reserved_by_tenant: Counter[str] = Counter()
         self._released = asyncio.Event()
@@ -146,6 +148,9 @@ class Admission:
         if not self.ctx.ready:
             raise OrchestratorError("the orchestrator is starting", code=ErrorCode.POOL_UNAVAILABLE)
         model_ref, context = self.resolve_model(spec.model)
+        if spec.kind is JobKind.CHAT and model_ref in self.no_chat:
+            message = f"model: {spec.model} does not serve chat (use /v1/completions)"
+            raise RequestInvalid([FieldError("model", ErrorCode.INVALID_PARAMETER, message)])
         max_tokens = spec.params.max_tokens
         if context is not None:
             needed = estimate_prompt_tokens(spec.input_text) + max_tokens
