@@ -132,6 +132,12 @@ class _Stream:
     task: asyncio.Task[None] | None = None
     tokens: int = 0
     cancelled: bool = False
+    t0: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    finish: str | None = None
+    """The engine's last ``finish_reason``."""
+    usage: dict[str, Any] | None = None
+    """The engine's ``usage``, when it sent one."""
 
 
 class OpenAIWorkerClient:
@@ -232,10 +238,6 @@ class OpenAIWorkerClient:
     ) -> None:
         """Run the request and turn the engine's chunks into events on ``stream.queue``."""
         put = stream.queue.put_nowait
-        t0 = time.monotonic()
-        first_token_at: float | None = None
-        finish: str | None = None
-        usage: dict[str, Any] | None = None
         try:
             async with self._client.stream("POST", url, json=body, headers=headers) as resp:
                 if resp.status_code // 100 != 2:
@@ -247,46 +249,8 @@ class OpenAIWorkerClient:
                         "started", {"job_id": stream.job_id, "engine_request_id": request_id}
                     )
                 )
-                decoder = SseDecoder()
-                lines = resp.aiter_lines()
-                async for line in lines:
-                    parsed = decoder.feed(line)
-                    if parsed is None:
-                        continue
-                    raw = parsed.data.strip()
-                    if raw == "[DONE]":
-                        if finish is None:  # e.g. llama-cpp-python interrupting the request
-                            why = "the engine ended the stream without a finish_reason"
-                            put(self._broke(stream, why))
-                            return
-                        await drain_response(lines)  # the connection goes back to the pool
-                        break
-                    try:
-                        chunk = json.loads(raw)
-                    except ValueError:
-                        continue  # not ours to judge: keep reading
-                    if not isinstance(chunk, dict):
-                        continue
-                    if chunk.get("error") is not None:
-                        message = _engine_message(json.dumps(chunk).encode())
-                        put(WorkerEvent("error", {"code": "WORKER_FAILED", "message": message}))
-                        return
-                    if isinstance(chunk.get("usage"), dict):
-                        usage = chunk["usage"]
-                    choices = chunk.get("choices") or []
-                    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-                    text = _chunk_text(choice)
-                    if text:
-                        if first_token_at is None:
-                            first_token_at = time.monotonic()
-                        put(WorkerEvent("token", {"i": stream.tokens, "t": text}))
-                        stream.tokens += 1
-                    if choice.get("finish_reason"):
-                        finish = str(choice["finish_reason"])
-                else:
-                    if finish is None:  # closed without [DONE] or a finish_reason
-                        put(self._broke(stream, "the engine closed the stream without [DONE]"))
-                        return
+                if not await self._consume(stream, resp.aiter_lines()):
+                    return
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             put(WorkerUnreachable(f"cannot reach engine: {type(exc).__name__}"))
             return
@@ -296,19 +260,74 @@ class OpenAIWorkerClient:
         except Exception as exc:  # never leave the reader of the queue waiting
             put(self._broke(stream, f"engine stream failed: {type(exc).__name__}"))
             return
-        elapsed = time.monotonic() - t0
+        self._ended(stream)
+
+    async def _consume(self, stream: _Stream, lines: AsyncIterator[str]) -> bool:
+        """Read the engine's chunks into ``stream``'s events; False if the stream ended
+        badly (the fault is already on the queue)."""
+        put = stream.queue.put_nowait
+        decoder = SseDecoder()
+        async for line in lines:
+            parsed = decoder.feed(line)
+            if parsed is None:
+                continue
+            raw = parsed.data.strip()
+            if raw == "[DONE]":
+                if stream.finish is None:  # e.g. llama-cpp-python interrupting the request
+                    put(self._broke(stream, "the engine ended the stream without a finish_reason"))
+                    return False
+                await drain_response(lines)  # the connection goes back to the pool
+                return True
+            try:
+                chunk = json.loads(raw)
+            except ValueError:
+                continue  # not ours to judge: keep reading
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error") is not None:
+                message = _engine_message(json.dumps(chunk).encode())
+                put(WorkerEvent("error", {"code": "WORKER_FAILED", "message": message}))
+                return False
+            self._chunk(stream, chunk)
+        if stream.finish is None:  # closed without [DONE] or a finish_reason
+            put(self._broke(stream, "the engine closed the stream without [DONE]"))
+            return False
+        return True
+
+    @staticmethod
+    def _chunk(stream: _Stream, chunk: dict[str, Any]) -> None:
+        """One decoded chunk: its text becomes a token event; its usage and finish_reason
+        are kept for the end."""
+        if isinstance(chunk.get("usage"), dict):
+            stream.usage = chunk["usage"]
+        choices = chunk.get("choices") or []
+        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+        text = _chunk_text(choice)
+        if text:
+            if stream.first_token_at is None:
+                stream.first_token_at = time.monotonic()
+            stream.queue.put_nowait(WorkerEvent("token", {"i": stream.tokens, "t": text}))
+            stream.tokens += 1
+        if choice.get("finish_reason"):
+            stream.finish = str(choice["finish_reason"])
+
+    @staticmethod
+    def _ended(stream: _Stream) -> None:
+        """The engine finished: ``metrics`` then ``end`` (with the engine's usage)."""
+        elapsed = time.monotonic() - stream.t0
+        usage, finish, first = stream.usage, stream.finish, stream.first_token_at
         tokens = stream.tokens
         if usage is not None and isinstance(usage.get("completion_tokens"), int):
             tokens = usage["completion_tokens"]
         metrics: dict[str, Any] = {
             "tokens": tokens,
             "elapsed_ms": round(elapsed * 1000, 3),
-            "ttft_ms": None if first_token_at is None else round((first_token_at - t0) * 1000, 3),
+            "ttft_ms": None if first is None else round((first - stream.t0) * 1000, 3),
             "tokens_per_s": round(tokens / elapsed, 3) if elapsed > 0 else None,
         }
         if usage is not None:
             metrics["usage"] = usage
-        put(WorkerEvent("metrics", metrics))
+        stream.queue.put_nowait(WorkerEvent("metrics", metrics))
         end: dict[str, Any] = {"tokens": tokens, "finish_reason": normalise_finish_reason(finish)}
         if finish is not None and finish != end["finish_reason"]:
             end["engine_finish_reason"] = finish
@@ -316,7 +335,7 @@ class OpenAIWorkerClient:
             for key in ("prompt_tokens", "completion_tokens"):
                 if isinstance(usage.get(key), int):
                     end[key] = usage[key]
-        put(WorkerEvent("end", end))
+        stream.queue.put_nowait(WorkerEvent("end", end))
 
     @staticmethod
     def _broke(stream: _Stream, why: str) -> WorkerUnreachable | WorkerLost:
