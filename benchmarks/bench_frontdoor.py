@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Coroutine, Iterator
@@ -153,7 +154,8 @@ def measure(
     print(
         f"    {result.rps:,.0f} req/s, {result.ok} ok, {result.errors} errors "
         f"in {result.elapsed_s:.1f}s{' (cut by --row-seconds)' if result.cut else ''}; "
-        f"{row.time_wait:+,} sockets in TIME_WAIT",
+        f"slowest {max(result.total, default=0) * 1000:.0f} ms, sent at "
+        f"+{result.worst_at_s:.1f}s; TIME_WAIT sockets {row.time_wait:+,}",
         flush=True,
     )
     return row
@@ -305,7 +307,7 @@ def print_table(rows: list[Row], clients: int) -> None:
         done = row.result.ok + row.result.errors
         print(f"* {LABELS[row.name]}: cut by --row-seconds after {done:,} requests")
     tw = ", ".join(f"{LABELS[r.name]} {r.time_wait:+,}" for r in rows if r.result is not None)
-    print(f"new sockets in TIME_WAIT (to or from the door or the engines): {tw}")
+    print(f"TIME_WAIT sockets to or from the door or the engines, end of row - start: {tw}")
     if direct is not None:
         cpu = direct.client_cpu_s / direct.elapsed_s * 100
         print(
@@ -405,13 +407,30 @@ def main() -> None:
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         engines = [stack.enter_context(_started(FakeEngineProcess(f"fake-{i}"))) for i in (0, 1)]
-        print(f"two FAKE OpenAI engines (no delay): {', '.join(e.url for e in engines)}")
+        print(f"llama-orch {revision()}; two FAKE OpenAI engines (no delay): ", end="")
+        print(", ".join(e.url for e in engines), flush=True)
         if args.soak:
             soak(args, tmp, engines)
         else:
             rows = run_rows(args, tmp, engines)
             print_table(rows, args.clients)
     print(f"sockets in TIME_WAIT: {tw0} before, {time_wait_sockets()} after the run")
+
+
+def revision() -> str:
+    """The checked-out commit, and whether the work tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "(revision unknown)"
+    return out.stdout.strip()
 
 
 @contextlib.contextmanager

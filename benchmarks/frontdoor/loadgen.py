@@ -166,6 +166,8 @@ class LoadResult:
     error_samples: list[str] = field(default_factory=list)
     client_cpu_s: float = 0.0
     cut: bool = False
+    worst_at_s: float = 0.0
+    """When the slowest request started, in seconds after the clock started."""
 
     @property
     def ok(self) -> int:
@@ -211,6 +213,7 @@ async def run_load(
     start = asyncio.Event()
     ready: list[int] = []
     started_at = [0.0]
+    max_total = [0.0]
     conns: list[_Connection] = []
     tickets = itertools.count() if total is not None else None
 
@@ -272,6 +275,9 @@ async def run_load(
                 conn.closed = True
                 continue
             if measured:
+                if not result.total or tot > max_total[0]:
+                    max_total[0] = tot
+                    result.worst_at_s = time.perf_counter() - tot - started_at[0]
                 result.ttft.append(ttft)
                 result.total.append(tot)
                 if on_complete is not None:
