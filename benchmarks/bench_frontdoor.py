@@ -121,9 +121,12 @@ def measure(
     target: Target,
     args: argparse.Namespace,
     engines: list[FakeEngineProcess],
-    door_pid: int | None,
+    door: subprocess.Popen[bytes] | None,
+    log: Path | None = None,
 ) -> Row:
-    """One closed-loop run with the CPU of the front door and of the engines around it."""
+    """One closed-loop run with the CPU of the front door (process ``door``, its log at
+    ``log``) and of the engines around it."""
+    door_pid = door.pid if door is not None else None
     print(f"  {LABELS[target.name]}: {args.clients} clients x {args.requests} ...", flush=True)
     door0 = cpu_seconds(door_pid) if door_pid else 0.0
     eng0 = sum(cpu_seconds(e.pid) for e in engines)
@@ -148,6 +151,18 @@ def measure(
     row.time_wait = time_wait_sockets(ports) - tw0
     for sample in result.error_samples:
         print(f"    error: {sample}", flush=True)
+    if result.aborted:
+        row.note = f"stopped after {result.errors:,} errors, the last 500 in a row"
+        print(f"    {row.note}", flush=True)
+    if door is not None and door.poll() is not None:
+        row.note = f"the front door exited (status {door.returncode}) during the row"
+        print(f"    {row.note}", flush=True)
+        if log is not None:
+            with contextlib.suppress(OSError):
+                print(log.read_text(errors="replace")[-3000:], flush=True)
+    for e in engines:
+        if not e.alive:
+            print(f"    the fake engine {e.worker_id} exited during the row!", flush=True)
     if profiling:
         print(f"    py-spy of {LABELS[target.name]} (pid {door_pid}) -> {raw}")
         print("\n".join(sampling.summarise(raw)), flush=True)
@@ -206,17 +221,18 @@ def run_rows(args: argparse.Namespace, tmp: Path, engines: list[FakeEngineProces
         with llama_orch(tmp, engines) as d:
             pid = d.proc.pid if d.proc else None
             print(f"orchestratord at {d.url} (pid {pid}), SQLite in {d.data_dir}", flush=True)
+            log = d.log_path
             if "v1" in wanted:
                 ok, why = v1_available(d.url)
                 if ok:
                     target = Target("v1", [d.port], body=OPENAI_BODY)
-                    rows.append(measure(target, args, engines, pid))
+                    rows.append(measure(target, args, engines, d.proc, log))
                 else:
                     print(f"  llama-orch /v1: {why}", flush=True)
                     rows.append(Row("v1", note=why))
             if "v2" in wanted:
                 target = Target("v2", [d.port], kind="v2", path="/v2/tasks", body=V2_BODY)
-                rows.append(measure(target, args, engines, pid))
+                rows.append(measure(target, args, engines, d.proc, log))
             daemon_log_summary(d)
     for name, factory, headers in (
         ("vllm-router", vllm_router, {}),
@@ -234,7 +250,7 @@ def run_rows(args: argparse.Namespace, tmp: Path, engines: list[FakeEngineProces
         try:
             with peer:
                 target = Target(name, [peer.port], body=OPENAI_BODY, headers=headers)
-                rows.append(measure(target, args, engines, peer.pid))
+                rows.append(measure(target, args, engines, peer.proc, peer.log_path))
         except (RuntimeError, TimeoutError) as exc:
             note = f"failed to start: {str(exc)[:200]}"
             print(f"  {LABELS[name]}: {note}", flush=True)
@@ -301,6 +317,9 @@ def print_table(rows: list[Row], clients: int) -> None:
             f"{ratio(r, direct, 'rps'):>14} {ratio(r, direct, 'p99'):>12} "
             f"{ratio(r, router, 'rps'):>14} {ratio(r, router, 'p99'):>12}"
         )
+    for row in rows:
+        if row.result is not None and row.result.ok and row.note:
+            print(f"! {LABELS[row.name]}: {row.note}")
     cut = [r for r in rows if r.result is not None and r.result.cut]
     for row in cut:
         assert row.result is not None

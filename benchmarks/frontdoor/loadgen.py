@@ -166,6 +166,7 @@ class LoadResult:
     error_samples: list[str] = field(default_factory=list)
     client_cpu_s: float = 0.0
     cut: bool = False
+    aborted: bool = False
     worst_at_s: float = 0.0
     """When the slowest request started, in seconds after the clock started."""
 
@@ -200,12 +201,14 @@ async def run_load(
     warmup: int = 2,
     timeout_s: float = 60.0,
     max_s: float | None = None,
+    give_up_after: int = 500,
     on_complete: Callable[[int], None] | None = None,
 ) -> LoadResult:
     """Closed loop: ``clients`` connections, each sending ``per_client`` requests (or, with
     ``total``, taking requests from a shared count until ``total`` are done), after
     ``warmup`` unmeasured ones each; with ``max_s``, no client starts a request after that
-    many seconds (:attr:`LoadResult.cut` says so). ``on_complete(n)`` is called with the
+    many seconds (:attr:`LoadResult.cut` says so); after ``give_up_after`` failures in a row
+    (over all clients) the run stops (:attr:`LoadResult.aborted`). ``on_complete(n)`` is called with the
     running count of successful measured requests."""
     result = LoadResult(target.name)
     loop = asyncio.get_running_loop()
@@ -213,6 +216,7 @@ async def run_load(
     start = asyncio.Event()
     ready: list[int] = []
     started_at = [0.0]
+    failing = [0]  # requests failed in a row, over all clients
     max_total = [0.0]
     conns: list[_Connection] = []
     tickets = itertools.count() if total is not None else None
@@ -254,6 +258,8 @@ async def run_load(
             if measured and n == warmup:
                 ready.append(i)
                 await start.wait()
+            if result.aborted:
+                break
             if measured:
                 if max_s is not None and time.perf_counter() - started_at[0] > max_s:
                     result.cut = True
@@ -273,7 +279,13 @@ async def run_load(
                     result.error(f"{type(exc).__name__}: {exc}")
                 conn.abort()
                 conn.closed = True
+                failing[0] += 1
+                if failing[0] >= give_up_after:
+                    result.aborted = True
+                    break
+                await asyncio.sleep(0.05)  # a dead door is not hammered
                 continue
+            failing[0] = 0
             if measured:
                 if not result.total or tot > max_total[0]:
                     max_total[0] = tot
