@@ -172,6 +172,24 @@ async def test_job_runs_end_to_end_and_the_stream_is_in_order(daemon: Daemon) ->
     assert row.job.prompt is None and row.job.prompt_hash == final["prompt_hash"]
 
 
+@pytest.mark.parametrize("batch", [2, 3, 16])
+async def test_tokens_read_in_batches_become_one_event_each_in_order(
+    daemon: Daemon, batch: int
+) -> None:
+    words = [f"w{i} " for i in range(7)]
+    daemon.worker.default = WorkerScript(tokens=words, batch=batch)
+    await daemon.register()
+    job_id = (await daemon.submit()).json()["job_id"]
+    final = await daemon.until_status(job_id, "completed")
+    assert final["tokens_generated"] == len(words)
+    events = await daemon.events(job_id)
+    assert [i for i, _, _ in events] == list(range(1, len(events) + 1))
+    tokens = [d for _, k, d in events if k == "token"]
+    assert [d["i"] for d in tokens] == list(range(len(words)))
+    assert [d["t"] for d in tokens] == words
+    assert events[-1][1] == "end" and events[-1][2]["tokens"] == len(words)
+
+
 async def test_last_event_id_resumes_without_loss_or_duplicates(daemon: Daemon) -> None:
     await daemon.register()
     job_id = (await daemon.submit()).json()["job_id"]

@@ -157,6 +157,13 @@ class Relay:
             if ev.kind == "token":
                 await self._token(a, ev.data)
                 continue
+            if ev.kind == "tokens":  # consecutive tokens a client read at once
+                texts = ev.data.get("t")
+                for text in texts if isinstance(texts, list) else ():
+                    if a.terminal_sent or a.stopping is not None:
+                        break
+                    await self._token(a, {"t": text})
+                continue
             if ev.kind == "error":
                 lifecycle.release(a)
                 await self._worker_error(a, ev.data)

@@ -50,6 +50,9 @@ class WorkerScript:
     hang: bool = False
     """Never finish on its own (until cancelled)."""
     metrics: bool = True
+    batch: int = 1
+    """Above 1: tokens come in ``tokens`` events of up to this many (as a client that read
+    several chunks at once yields them)."""
 
 
 class ScriptedWorkerClient:
@@ -104,9 +107,19 @@ class ScriptedWorkerClient:
                 if cancelled.is_set() and self.cancel_confirms:
                     yield WorkerEvent("error", {"code": "CANCELLED", "message": "cancelled"})
                     return
-            text = script.tokens[n % len(script.tokens)] if script.tokens else "x"
-            yield WorkerEvent("token", {"i": n, "t": text})
-            n += 1
+            texts = []
+            while len(texts) < max(1, script.batch) and n < min(
+                len(script.tokens), request.max_tokens
+            ):
+                texts.append(script.tokens[n % len(script.tokens)] if script.tokens else "x")
+                n += 1
+            if not texts:  # a hanging script cycles through its tokens
+                texts.append(script.tokens[n % len(script.tokens)] if script.tokens else "x")
+                n += 1
+            if len(texts) == 1:
+                yield WorkerEvent("token", {"i": n - 1, "t": texts[0]})
+            else:
+                yield WorkerEvent("tokens", {"t": texts})
             if script.hang and n >= 10_000:
                 break
         if script.metrics:
