@@ -1,8 +1,9 @@
 """orchestratord — the llama-orch daemon.
 
-HTTP API and SSE relay, durable state in SQLite, the scheduling loop and dispatch to workers,
-pools, metrics and JSON logs (contracts: docs/design/README.md; layout: docs/daemon.md). Build
-an app with :func:`create_app`; run the daemon with the ``orchestratord`` console script.
+HTTP API and SSE relay, durable state in SQLite or PostgreSQL, the scheduling loop and
+dispatch to workers, pools, metrics and JSON logs (contracts: docs/design/README.md; layout:
+docs/daemon.md). Build an app with :func:`create_app`; run the daemon with the
+``orchestratord`` console script.
 
 The public API is exactly ``__all__``.
 """
@@ -14,6 +15,7 @@ from orchestratord.metrics import Metrics
 from orchestratord.openai_workers import OpenAIWorkerClient
 from orchestratord.orchestrator import Orchestrator
 from orchestratord.pool_agents import HttpPoolAgentClient, PoolAgentClient, PoolRequestFailed
+from orchestratord.postgres_store import PostgresStore
 from orchestratord.services.admission import estimate_prompt_tokens
 from orchestratord.services.jobs import ActiveJob
 from orchestratord.services.policies import SchedulerUpdate, SchedulerView
@@ -50,6 +52,7 @@ __all__ = [
     "Orchestrator",
     "PoolAgentClient",
     "PoolRequestFailed",
+    "PostgresStore",
     "Principal",
     "ProtocolRoutingWorkerClient",
     "SchedulerUpdate",

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from orchestrator_core import OrchestratorConfig, PoolHeartbeat, PoolRegistration, TaskSubmitRequest
-from orchestrator_core.errors import ConfigInvalid
 from orchestrator_core.openai import ChatCompletionRequest, CompletionRequest
 from orchestrator_core.scheduling.scheduler import SchedulerRegistry
 
@@ -28,6 +27,7 @@ from orchestratord.metrics import Metrics
 from orchestratord.openai_workers import OpenAIWorkerClient
 from orchestratord.orchestrator import Orchestrator
 from orchestratord.pool_agents import HttpPoolAgentClient, PoolAgentClient
+from orchestratord.postgres_store import PostgresStore
 from orchestratord.services.context import Clock
 from orchestratord.services.policies import SchedulerUpdate
 from orchestratord.sqlite_store import SqliteStore
@@ -46,12 +46,15 @@ def sqlite_path(config: OrchestratorConfig) -> Path:
 
 
 def default_store(config: OrchestratorConfig) -> Store:
-    """The store the configuration asks for (SQLite by default)."""
+    """The store the configuration asks for (SQLite by default; PostgreSQL at
+    ``persistence.postgres_dsn`` for ``backend = "postgres"``)."""
     backend = config.persistence.backend
     if backend == "memory":
         return MemoryStore()
     if backend == "postgres":
-        raise ConfigInvalid(["persistence.backend: 'postgres' is not available in this build"])
+        dsn = config.persistence.postgres_dsn
+        assert dsn is not None  # the configuration requires it for this backend
+        return PostgresStore(dsn)
     return SqliteStore(sqlite_path(config))
 
 

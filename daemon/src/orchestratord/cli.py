@@ -87,8 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = build_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
-        if config.persistence.backend == "postgres":
-            raise ConfigInvalid(["persistence.backend: 'postgres' is not available in this build"])
     except ConfigInvalid as exc:
         where = exc.source or (args.config or "defaults")
         print(f"orchestratord: invalid configuration ({where}):", file=sys.stderr)

@@ -12,7 +12,14 @@ import orchestratord
 import pytest
 from orchestrator_core import ConfigInvalid, ErrorCode, OrchestratorError, load_config
 from orchestrator_core.sse import SseDecoder
-from orchestratord import MemoryStore, Orchestrator, build_config, estimate_prompt_tokens
+from orchestratord import (
+    MemoryStore,
+    Orchestrator,
+    PostgresStore,
+    build_config,
+    default_store,
+    estimate_prompt_tokens,
+)
 from orchestratord.auth import Authenticator
 from orchestratord.cli import main
 from orchestratord.store import StoredEvent
@@ -63,13 +70,16 @@ def test_main_reports_every_problem_and_exits_2(
     assert "cannot read config file" in capsys.readouterr().err
 
 
-def test_main_refuses_postgres_in_this_build(
+def test_postgres_backend_needs_a_dsn_and_gets_a_postgres_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     f = tmp_path / "pg.toml"
-    f.write_text("[persistence]\nbackend = 'postgres'\npostgres_dsn = 'postgresql://x'\n")
+    f.write_text("[persistence]\nbackend = 'postgres'\n")
     assert main(["--config", str(f)]) == 2
-    assert "persistence.backend" in capsys.readouterr().err
+    assert "persistence.postgres_dsn: required" in capsys.readouterr().err
+    f.write_text("[persistence]\nbackend = 'postgres'\npostgres_dsn = 'postgresql://h/db'\n")
+    store = default_store(load_config(f, env={}))
+    assert isinstance(store, PostgresStore) and store.dsn == "postgresql://h/db"
 
 
 @pytest.mark.parametrize("name", ["lab.toml", "platform.toml"])

@@ -1,4 +1,5 @@
-"""The Store protocol: the same behaviour from the in-memory store and from SQLite."""
+"""The Store protocol: the same behaviour from the in-memory store, SQLite and PostgreSQL (a
+throwaway cluster, ``tests/support/postgres.py``; a fresh database per test)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from orchestrator_core import ErrorCode, Job, JobParams, JobStatus, Priority
+from orchestratord.postgres_store import MIGRATIONS as PG_MIGRATIONS
+from orchestratord.postgres_store import PostgresStore
 from orchestratord.sqlite_store import MIGRATIONS, SqliteStore
 from orchestratord.store import (
     DuplicateTerminalEvent,
@@ -41,9 +45,15 @@ def ev(job_id: str, i: int, kind: str, data: str = "{}") -> StoredEvent:
     return StoredEvent(job_id, i, kind, data)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "d.sqlite3")
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SqliteStore(tmp_path / "d.sqlite3")
+    else:
+        s = PostgresStore(request.getfixturevalue("postgres_dsn"))
     await s.open()
     yield s
     await s.close()
@@ -168,3 +178,123 @@ async def test_sqlite_file_is_private_wal_and_migrated(tmp_path: Path) -> None:
     await again.open()
     assert (await again.get_job("job-0001")) is not None
     await again.close()
+
+
+# -- PostgreSQL only ---------------------------------------------------------------------------
+
+
+async def _pg_versions(dsn: str) -> list[int]:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT version FROM schema_version ORDER BY version")
+        return [int(v) for (v,) in await cur.fetchall()]
+
+
+async def test_postgres_migrations_are_idempotent_and_safe_to_race(postgres_dsn: str) -> None:
+    stores = [PostgresStore(postgres_dsn) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))  # four daemons start on a fresh db
+    try:
+        await stores[0].commit(jobs=[row(1)])
+        for s in stores:
+            assert await s.schema_version() == PG_MIGRATIONS[-1][0]
+            assert await s.get_job("job-0001") is not None
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+    again = PostgresStore(postgres_dsn)  # reopening applies nothing twice
+    await again.open()
+    try:
+        assert await again.get_job("job-0001") is not None
+    finally:
+        await again.close()
+    assert await _pg_versions(postgres_dsn) == [v for v, _ in PG_MIGRATIONS]
+
+
+async def test_postgres_concurrent_commits_are_group_committed(postgres_dsn: str) -> None:
+    s = PostgresStore(postgres_dsn)
+    await s.open()
+    try:
+        await asyncio.gather(*(s.commit(jobs=[row(i)]) for i in range(200)))
+        assert len((await s.list_jobs(JobFilter(), limit=500, before=None)).rows) == 200
+        assert s.commits < 200  # batched into fewer transactions
+        before = s.commits
+        await asyncio.gather(
+            *(s.commit(events=[ev(f"job-{i:04d}", 1, "queued")], durable=False) for i in range(50))
+        )
+        assert s.commits - before < 50
+        seqs = [r.seq for r in await s.unfinished_jobs()]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 200
+    finally:
+        await s.close()
+
+
+async def test_postgres_one_bad_write_does_not_fail_its_batch(postgres_dsn: str) -> None:
+    s = PostgresStore(postgres_dsn)
+    await s.open()
+    try:
+        await s.commit(events=[ev("job-0000", 1, "end")])
+        results = await asyncio.gather(
+            *(s.commit(jobs=[row(i)], events=[ev(f"job-{i:04d}", 2, "end")]) for i in range(20)),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], DuplicateTerminalEvent)
+        assert results[1:] == [None] * 19
+        assert await s.get_job("job-0000") is None
+        assert all([await s.get_job(f"job-{i:04d}") for i in range(1, 20)])
+    finally:
+        await s.close()
+
+
+async def test_postgres_terminal_uniqueness_holds_across_two_stores(postgres_dsn: str) -> None:
+    a, b = PostgresStore(postgres_dsn), PostgresStore(postgres_dsn)
+    await a.open()
+    await b.open()
+    try:
+        await a.commit(jobs=[row(1)], events=[ev("job-0001", 1, "queued")])
+        await a.commit(events=[ev("job-0001", 2, "end")])
+        with pytest.raises(DuplicateTerminalEvent) as info:
+            await b.commit(jobs=[row(2)], events=[ev("job-0001", 3, "error")])
+        assert str(info.value) == "job-0001"
+        assert await b.get_job("job-0002") is None  # nothing of the failed commit applied
+        with pytest.raises(DuplicateTerminalEvent):  # two in one commit: refused as well
+            await b.commit(events=[ev("job-0003", 1, "end"), ev("job-0003", 2, "error")])
+        assert [e.kind for e in await b.events_after("job-0001", 0)] == ["queued", "end"]
+        assert await b.events_after("job-0003", 0) == []
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_postgres_finished_row_holds_no_prompt(postgres_dsn: str) -> None:
+    s = PostgresStore(postgres_dsn)
+    await s.open()
+    r = row(1)
+    try:
+        await s.commit(jobs=[r])
+        r.job.start(pool_id="p", worker_id="w", now=1002.0)
+        await s.commit(jobs=[r], durable=False)
+        r.job.complete(now=1003.0)
+        await s.commit(jobs=[r], events=[ev(r.job.job_id, 1, "end")])
+    finally:
+        await s.close()
+    async with await psycopg.AsyncConnection.connect(postgres_dsn) as conn:
+        cur = await conn.execute("SELECT prompt, prompt_hash, status FROM jobs")
+        assert await cur.fetchall() == [(None, r.job.prompt_hash, "completed")]
+
+
+async def test_postgres_writer_reconnects_after_its_connection_is_killed(
+    postgres_dsn: str,
+) -> None:
+    s = PostgresStore(postgres_dsn)
+    await s.open()
+    try:
+        await s.commit(jobs=[row(1)])
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(psycopg.OperationalError):
+            await s.commit(jobs=[row(2)])  # the write on the dead connection fails ...
+        await s.commit(jobs=[row(3)])  # ... the next one reconnects
+        assert await s.get_job("job-0003") is not None
+    finally:
+        await s.close()

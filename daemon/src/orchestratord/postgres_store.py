@@ -1,0 +1,435 @@
+"""A PostgreSQL :class:`~orchestratord.store.Store` (``persistence.backend = "postgres"``).
+
+The same contract as :class:`~orchestratord.sqlite_store.SqliteStore`, on a server that
+several daemons can share (docs/design/persistence.md).
+
+**Driver: psycopg 3** (``psycopg[binary]`` and ``psycopg_pool``). It is the PostgreSQL
+project's own Python adapter, maintained alongside libpq; it is async-native
+(:class:`psycopg.AsyncConnection`), has a connection pool kept by the same project
+(:class:`psycopg_pool.AsyncConnectionPool`), pipeline mode (``executemany`` sends a whole
+batch in one round trip), typed rows and errors mapped to SQLSTATE classes
+(:class:`psycopg.errors.UniqueViolation`), and ``LISTEN``/``NOTIFY`` through
+``conn.notifies()`` — which the leader election and cross-daemon wake-ups to come will use.
+asyncpg would also work, but it has no pool-independent typed row factories, uses its own
+protocol implementation instead of libpq (so no ``PGSERVICE``/``.pgpass``/libpq DSN options
+as operators know them), and its pool is a separate design; psycopg keeps both in one project.
+
+Design:
+
+* **One writer connection, group commit.** Every :meth:`PostgresStore.commit` is put on a
+  queue; one writer task takes everything pending (up to ``max_batch``), applies it in one
+  transaction, commits once, then resolves each caller's future. A batch that fails is
+  retried write by write, so one bad write does not fail its neighbours.
+* **Durability per commit.** ``durable=True`` commits with the server's
+  ``synchronous_commit`` (``on`` by default: the WAL is flushed before ``COMMIT`` returns,
+  so a 202 survives power loss — the server must run with ``fsync = on``);
+  ``durable=False`` (token events) runs with ``SET LOCAL synchronous_commit = off`` (the
+  commit returns before the WAL flush: it survives a crash of the daemon, and of the server
+  process, but not a power cut of the database host). A batch is durable if any of its
+  writes is.
+* **One terminal event per job is enforced by the database**: a partial unique index on
+  ``events (job_id) WHERE kind IN ('end', 'error')``. Its violation is raised as
+  :class:`~orchestratord.store.DuplicateTerminalEvent` and the transaction applies nothing —
+  even when the first terminal event was written by another daemon.
+* **Reads** go through a small :class:`~psycopg_pool.AsyncConnectionPool` (autocommit), so
+  they never wait for the writer.
+* **Schema** is versioned: :data:`MIGRATIONS` are applied in order at :meth:`open`, in one
+  transaction that first takes ``pg_advisory_xact_lock`` — two daemons starting at once on
+  a fresh database do not race — and recorded in ``schema_version``. Later migrations will
+  add the leader lease (with its fencing epoch), the applied scheduler policies and the pool
+  inventory; released migrations are never edited, only appended.
+* ``seq`` (admission order) is an identity column: a new row gets the next value, an upsert
+  of an existing row keeps its value (the sequence may have gaps). Every query is
+  parameterised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from orchestratord.store import (
+    DuplicateTerminalEvent,
+    JobFilter,
+    JobPage,
+    JobRow,
+    StoredEvent,
+    row_from_mapping,
+    row_values,
+)
+
+__all__ = ["MIGRATION_LOCK", "MIGRATIONS", "PostgresStore"]
+
+MIGRATION_LOCK = 0x6C6C616D616F7263
+"""Key of the transaction-level advisory lock that serialises migrations ("llamaorc")."""
+
+MIGRATIONS: list[tuple[int, LiteralString]] = [
+    (
+        1,
+        """
+        CREATE TABLE jobs (
+            seq            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_id         TEXT NOT NULL UNIQUE,
+            model_ref      TEXT NOT NULL,
+            prompt         TEXT,
+            prompt_hash    TEXT NOT NULL,
+            params         TEXT NOT NULL,
+            priority       TEXT NOT NULL,
+            status         TEXT NOT NULL,
+            session_id     TEXT,
+            tenant_id      TEXT,
+            created_at     DOUBLE PRECISION NOT NULL,
+            queued_at      DOUBLE PRECISION NOT NULL,
+            started_at     DOUBLE PRECISION,
+            finished_at    DOUBLE PRECISION,
+            attempts       INTEGER NOT NULL DEFAULT 0,
+            pool_id        TEXT,
+            worker_id      TEXT,
+            worker_uri     TEXT,
+            error_code     TEXT,
+            error_message  TEXT,
+            timeout_s      DOUBLE PRECISION NOT NULL,
+            tokens         INTEGER NOT NULL DEFAULT 0,
+            first_token_at DOUBLE PRECISION,
+            correlation_id TEXT,
+            kind           TEXT NOT NULL DEFAULT 'task'
+        );
+        CREATE INDEX jobs_unfinished ON jobs (seq) WHERE status IN ('queued', 'running');
+        CREATE INDEX jobs_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+        CREATE INDEX jobs_session ON jobs (session_id, seq);
+        CREATE INDEX jobs_tenant ON jobs (tenant_id, seq);
+        CREATE TABLE events (
+            job_id    TEXT NOT NULL,
+            event_id  INTEGER NOT NULL,
+            kind      TEXT NOT NULL,
+            data      TEXT NOT NULL,
+            PRIMARY KEY (job_id, event_id)
+        );
+        CREATE UNIQUE INDEX events_one_terminal ON events (job_id)
+            WHERE kind IN ('end', 'error');
+        """,
+    ),
+]
+"""Versioned schema migrations, applied in order. Append; never edit a released one."""
+
+_JOB_COLUMNS: list[LiteralString] = [
+    "job_id",
+    "model_ref",
+    "prompt",
+    "prompt_hash",
+    "params",
+    "priority",
+    "status",
+    "session_id",
+    "tenant_id",
+    "created_at",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "pool_id",
+    "worker_id",
+    "worker_uri",
+    "error_code",
+    "error_message",
+    "timeout_s",
+    "tokens",
+    "first_token_at",
+    "correlation_id",
+    "kind",
+]
+# Column names below are constants of this module, never input: the f-strings are safe.
+_COLS = ", ".join(_JOB_COLUMNS)
+_PARAMS = ", ".join(f"%({c})s" for c in _JOB_COLUMNS)
+_SETS = ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "job_id")
+_UPSERT: LiteralString = (
+    f"INSERT INTO jobs ({_COLS}) VALUES ({_PARAMS}) ON CONFLICT (job_id) DO UPDATE SET {_SETS}"  # noqa: S608
+)
+_INSERT_EVENT: LiteralString = (
+    "INSERT INTO events (job_id, event_id, kind, data) VALUES (%s, %s, %s, %s)"
+)
+_SELECT_JOB: LiteralString = f"SELECT seq, {_COLS} FROM jobs"  # noqa: S608
+_ONE_TERMINAL = "events_one_terminal"
+_KEY_DETAIL = re.compile(r"\(job_id\)=\((?P<job_id>.*)\) already exists")
+_FILTER_COLUMNS: list[tuple[LiteralString, str]] = [
+    ("status", "status"),
+    ("priority", "priority"),
+    ("session_id", "session_id"),
+    ("tenant_id", "tenant_id"),
+    ("model_ref", "model"),
+]
+
+
+@dataclass(slots=True)
+class _Write:
+    jobs: list[dict[str, Any]]
+    events: list[tuple[str, int, str, str]]
+    terminal_jobs: list[str]
+    durable: bool
+    future: asyncio.Future[None]
+
+
+class PostgresStore:
+    """PostgreSQL :class:`~orchestratord.store.Store` at ``dsn`` (see the module docstring).
+
+    ``dsn`` is a libpq connection string or URI (``postgresql://user:pw@host:5432/db``).
+    ``max_batch`` bounds a group commit; ``read_pool_size`` is the most reader connections.
+    """
+
+    def __init__(self, dsn: str, *, max_batch: int = 512, read_pool_size: int = 4) -> None:
+        self.dsn = dsn
+        self.max_batch = max_batch
+        self.read_pool_size = read_pool_size
+        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._wconn: psycopg.AsyncConnection[Any] | None = None
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self.commits = 0
+        """Transactions committed by the writer (a group commit counts once)."""
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, apply migrations, open the read pool and start the writer."""
+        conn = await self._connect()
+        try:
+            await migrate(conn)
+            pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+                self.dsn,
+                min_size=1,
+                max_size=max(1, self.read_pool_size),
+                kwargs={"autocommit": True},
+                check=AsyncConnectionPool.check_connection,  # survive a server restart
+                open=False,
+                name="orchestratord-read",
+            )
+            await pool.open(wait=True, timeout=30.0)
+        except BaseException:
+            await conn.close()
+            raise
+        self._wconn = conn
+        self._pool = pool
+        self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+
+    async def schema_version(self) -> int:
+        """The highest applied migration."""
+        async with self._read() as conn:
+            cur = await conn.execute("SELECT MAX(version) FROM schema_version")
+            row = await cur.fetchone()
+        return int(row[0] or 0) if row is not None else 0
+
+    async def close(self) -> None:
+        """Finish pending writes, stop the writer, close the connection and the pool."""
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+            self._writer = None
+        if self._wconn is not None:
+            await self._wconn.close()
+            self._wconn = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def commit(
+        self,
+        *,
+        jobs: Sequence[JobRow] = (),
+        events: Sequence[StoredEvent] = (),
+        durable: bool = True,
+    ) -> None:
+        """See :meth:`orchestratord.store.Store.commit` (group-committed by the writer)."""
+        if self._writer is None:
+            raise RuntimeError("PostgresStore is not open")
+        # Serialise now: the rows may change after we return.
+        write = _Write(
+            jobs=[row_values(r) for r in jobs],
+            events=[(e.job_id, e.event_id, e.kind, e.data) for e in events],
+            terminal_jobs=[e.job_id for e in events if e.terminal],
+            durable=durable,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._queue.put_nowait(write)
+        await write.future
+
+    async def _write_loop(self) -> None:
+        stop = False
+        while not stop:
+            item = await self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            await self._apply(batch)
+
+    async def _apply(self, batch: list[_Write]) -> None:
+        try:
+            await self._transaction(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                _resolve(batch[0].future, exc)
+                return
+            for w in batch:
+                try:
+                    await self._transaction([w])
+                except Exception as one:
+                    _resolve(w.future, one)
+                else:
+                    _resolve(w.future, None)
+        except BaseException as exc:  # cancelled: nobody must wait forever
+            for w in batch:
+                _resolve(w.future, exc)
+            raise
+        else:
+            for w in batch:
+                _resolve(w.future, None)
+
+    async def _transaction(self, batch: list[_Write]) -> None:
+        conn = self._wconn
+        if conn is None or conn.closed or conn.broken:  # e.g. after a server restart
+            if conn is not None:
+                await conn.close()
+            self._wconn = conn = await self._connect()
+        jobs = [j for w in batch for j in w.jobs]
+        events = [e for w in batch for e in w.events]
+        try:
+            # Pipeline mode: BEGIN, the statements and COMMIT go out without waiting for
+            # each other's replies (one round trip for the whole batch).
+            async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+                if not any(w.durable for w in batch):
+                    await cur.execute("SET LOCAL synchronous_commit = off")
+                if jobs:
+                    await cur.executemany(_UPSERT, jobs)
+                if events:
+                    await cur.executemany(_INSERT_EVENT, events)
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != _ONE_TERMINAL:
+                raise
+            found = _KEY_DETAIL.search(exc.diag.message_detail or "")
+            job_id = found["job_id"] if found else next(iter(batch[0].terminal_jobs), "")
+            raise DuplicateTerminalEvent(job_id) from exc
+        self.commits += 1
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _read(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        if self._pool is None:
+            raise RuntimeError("PostgresStore is not open")
+        return self._pool.connection()
+
+    async def _fetch_jobs(self, sql: LiteralString, args: Sequence[Any] = ()) -> list[JobRow]:
+        async with self._read() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, args)
+            rows = await cur.fetchall()
+        return [row_from_mapping(r) for r in rows]
+
+    async def get_job(self, job_id: str) -> JobRow | None:
+        """See :meth:`orchestratord.store.Store.get_job`."""
+        rows = await self._fetch_jobs(_SELECT_JOB + " WHERE job_id = %s", (job_id,))
+        return rows[0] if rows else None
+
+    async def list_jobs(self, flt: JobFilter, *, limit: int, before: int | None) -> JobPage:
+        """See :meth:`orchestratord.store.Store.list_jobs`."""
+        where: list[LiteralString] = []
+        args: list[Any] = []
+        for column, attr in _FILTER_COLUMNS:
+            value = getattr(flt, attr)
+            if value is not None:
+                where.append(column + " = %s")
+                args.append(value)
+        if before is not None:
+            where.append("seq < %s")
+            args.append(before)
+        sql = _SELECT_JOB + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY seq DESC LIMIT %s"
+        args.append(limit + 1)
+        rows = await self._fetch_jobs(sql, args)
+        out = rows[:limit]
+        return JobPage(out, out[-1].seq if len(rows) > limit and out else None)
+
+    async def unfinished_jobs(self) -> list[JobRow]:
+        """See :meth:`orchestratord.store.Store.unfinished_jobs`."""
+        return await self._fetch_jobs(
+            _SELECT_JOB + " WHERE status IN ('queued', 'running') ORDER BY seq"
+        )
+
+    async def events_after(self, job_id: str, after: int) -> list[StoredEvent]:
+        """See :meth:`orchestratord.store.Store.events_after`."""
+        sql: LiteralString = (
+            "SELECT job_id, event_id, kind, data FROM events "
+            "WHERE job_id = %s AND event_id > %s ORDER BY event_id"
+        )
+        async with self._read() as conn:
+            cur = await conn.execute(sql, (job_id, after))
+            rows = await cur.fetchall()
+        return [StoredEvent(r[0], int(r[1]), r[2], r[3]) for r in rows]
+
+    async def last_event_id(self, job_id: str) -> int:
+        """See :meth:`orchestratord.store.Store.last_event_id`."""
+        async with self._read() as conn:
+            cur = await conn.execute(
+                "SELECT MAX(event_id) FROM events WHERE job_id = %s", (job_id,)
+            )
+            row = await cur.fetchone()
+        return int(row[0] or 0) if row is not None else 0
+
+    async def purge_results(self, finished_before: float) -> int:
+        """See :meth:`orchestratord.store.Store.purge_results` (one autocommit ``DELETE`` on
+        a reader connection)."""
+        sql: LiteralString = (
+            "DELETE FROM events WHERE kind IN ('token', 'metrics') AND job_id IN "
+            "(SELECT job_id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < %s)"
+        )
+        async with self._read() as conn:
+            cur = await conn.execute(sql, (finished_before,))
+            return max(cur.rowcount, 0)
+
+
+async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
+    """Apply the missing :data:`MIGRATIONS` on ``conn`` (in autocommit mode) in one
+    transaction under :data:`MIGRATION_LOCK`; return the schema version reached."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        cur = await conn.execute("SELECT version FROM schema_version")
+        done = {int(r[0]) for r in await cur.fetchall()}
+        for version, sql in MIGRATIONS:
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            done.add(version)
+    return max(done, default=0)
+
+
+def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
