@@ -14,6 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 install: $(BIN)/python
+	bash scripts/install-postgres.sh  # PostgreSQL server binaries for the tests' throwaway cluster
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -r requirements-engine.txt
 	$(BIN)/python -m pip install -q $(foreach p,$(wildcard $(PARTS)),-e ./$(p))
 
