@@ -233,7 +233,9 @@ class PostgresStore:
         """Finish pending writes, stop the writer, close the connection and the pool."""
         if self._writer is not None:
             await self._queue.put(None)
-            await self._writer
+            # The writer drains what is queued before the stop; if it was cancelled, there
+            # is nothing left to wait for.
+            await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
         if self._wconn is not None:
             await self._wconn.close()
@@ -252,7 +254,7 @@ class PostgresStore:
         durable: bool = True,
     ) -> None:
         """See :meth:`orchestratord.store.Store.commit` (group-committed by the writer)."""
-        if self._writer is None:
+        if self._writer is None or self._writer.done():
             raise RuntimeError("PostgresStore is not open")
         # Serialise now: the rows may change after we return.
         write = _Write(

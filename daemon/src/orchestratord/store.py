@@ -14,9 +14,9 @@ The daemon keeps two kinds of records:
 Every write is one :meth:`Store.commit` call: job rows and events in one transaction.
 ``durable=True`` asks for the commit to survive power loss before it returns (admissions and
 terminal states); ``durable=False`` (tokens) survives a crash of the daemon process, not of the
-machine. Implementations: :class:`MemoryStore` here (unit tests, ``backend = "memory"``) and
-:class:`~orchestratord.sqlite_store.SqliteStore`. A PostgreSQL store implements the same
-protocol.
+machine. Implementations: :class:`MemoryStore` here (unit tests, ``backend = "memory"``),
+:class:`~orchestratord.sqlite_store.SqliteStore` and
+:class:`~orchestratord.postgres_store.PostgresStore`.
 """
 
 from __future__ import annotations
