@@ -110,15 +110,24 @@ class PostgresCluster:
         self.bindir = found
         self.password = secrets.token_hex(16)
         self.port = 0
-        self.root = Path(tempfile.mkdtemp(prefix="llorch-pg-"))
+        self._user = _cluster_user()
+        self.root = Path(tempfile.mkdtemp(prefix="llorch-pg-", dir=self._base_dir()))
         self.data = self.root / "data"
         self.log_path = self.root / "postgres.log"
-        self._user = _cluster_user()
         self._counter = 0
         self._lock = threading.Lock()
         self._started = False
         if self._user is not None:
             os.chown(self.root, self._user.pw_uid, self._user.pw_gid)
+
+    def _base_dir(self) -> str:
+        """The temporary directory, or ``/tmp`` when the cluster's user could not reach it
+        (e.g. ``TMPDIR`` under root's ``0700`` home)."""
+        base = Path(tempfile.gettempdir()).resolve()
+        if self._user is None:
+            return str(base)
+        reachable = all(p.stat().st_mode & 0o001 for p in (base, *base.parents))
+        return str(base) if reachable else "/tmp"
 
     # -- processes -----------------------------------------------------------------------
 
