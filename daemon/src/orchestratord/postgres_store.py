@@ -217,6 +217,7 @@ class PostgresStore:
             raise
         self._wconn = conn
         self._pool = pool
+        self._queue = asyncio.Queue()  # bound to this loop
         self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
