@@ -18,7 +18,8 @@ mapped to the daemon's worker events (docs/design/http-api.md, *Calls the daemon
 engine                                  :class:`~orchestratord.workers.WorkerEvent`
 =====================================  ================================================
 2xx answer (stream opens)               ``started {job_id, engine_request_id}``
-chunk with non-empty ``text``           ``token {i, t}`` (``i`` = 0, 1, …)
+chunk with non-empty ``text``           ``token {i, t}`` (``i`` = 0, 1, …); consecutive
+                                        chunks read at once: one ``tokens {i, t: [...]}``
 ``data: [DONE]``                        ``metrics {tokens, elapsed_ms, ttft_ms,
                                         tokens_per_s, usage?}`` then ``end {tokens,
                                         finish_reason, prompt_tokens?, completion_tokens?}``
@@ -37,11 +38,17 @@ a ``finish_reason``, *after a token*    (the job fails WORKER_FAILED)
 ``"length"`` (length, max_tokens); the engine's own word is kept as
 ``engine_finish_reason`` when it differs.
 
+**Reading.** The stream is read in whatever the socket delivers (aiohttp's ``readany``) and
+split into SSE events at the bytes level (:class:`~orchestrator_core.sse.SseByteDecoder`);
+the tokens of one read become one event (see :class:`~orchestratord.workers.WorkerEvent`).
+
 **Cancellation.** The OpenAI API has no cancel call: closing the connection is how vLLM,
 SGLang and llama.cpp's server abort a request. :meth:`OpenAIWorkerClient.cancel` therefore
-closes the job's stream at once (the HTTP request runs in its own task, which is cancelled)
-and the job's event stream ends with ``error {code: CANCELLED}``. A cancel that arrives
-before its job's ``execute`` is remembered for two minutes.
+closes the job's connection at once — while the request is still waiting for the engine's
+answer (it runs in a task of its own until the headers arrive, which is cancelled) or during
+the stream (the response is closed, whether or not the job's consumer is reading) — and the
+job's event stream ends with ``error {code: CANCELLED}``. A cancel that arrives before its
+job's ``execute`` is remembered for two minutes.
 
 ``repetition_penalty`` (vLLM, SGLang) and ``repeat_penalty`` (llama.cpp) are both sent, so
 llama.cpp's own default (1.1) never silently replaces the job's value; ``top_k`` only when
@@ -52,6 +59,7 @@ sent: llama-cpp-python's server answers 400 to one that is not a UUID.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -60,15 +68,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-from orchestrator_core.sse import SseDecoder
+import aiohttp
+from orchestrator_core.sse import SseByteDecoder
 
 from orchestratord.workers import (
+    CONNECT_ERRORS,
+    STREAM_ERRORS,
     ExecuteRequest,
+    HttpSessions,
     WorkerEvent,
     WorkerLost,
     WorkerUnreachable,
     drain_response,
+    post_json,
+    token_batch,
 )
 
 __all__ = ["OpenAIWorkerClient", "normalise_finish_reason"]
@@ -88,7 +101,7 @@ _CONTEXT_WORDS = re.compile(
 _PERMANENT_STATUSES = frozenset({400, 413, 422})
 _EARLY_CANCEL_TTL_S = 120.0
 _EARLY_CANCEL_MEMORY = 4096
-_TERMINAL = {"end", "error"}
+_CLOSE_WAIT_S = 1.0
 
 
 def normalise_finish_reason(reason: str | None) -> str:
@@ -125,11 +138,13 @@ def _engine_message(raw: bytes) -> str:
 
 @dataclass(eq=False)
 class _Stream:
-    """One running completion: its event queue and the task reading the engine."""
+    """One running completion: how far it got, and what :meth:`OpenAIWorkerClient.cancel`
+    closes."""
 
     job_id: str
-    queue: asyncio.Queue[WorkerEvent | BaseException] = field(default_factory=asyncio.Queue)
-    task: asyncio.Task[None] | None = None
+    opening: asyncio.Task[aiohttp.ClientResponse] | None = None
+    """The request until the engine's answer arrives."""
+    response: aiohttp.ClientResponse | None = None
     tokens: int = 0
     cancelled: bool = False
     t0: float = field(default_factory=time.monotonic)
@@ -138,11 +153,41 @@ class _Stream:
     """The engine's last ``finish_reason``."""
     usage: dict[str, Any] | None = None
     """The engine's ``usage``, when it sent one."""
+    done: bool = False
+    """``[DONE]`` after a ``finish_reason``: the completion is whole."""
+    failed: bool = False
+    """The engine sent an error chunk (the last event is its ``error``)."""
+    fault: str | None = None
+    """Why the stream is broken (e.g. ``[DONE]`` without a ``finish_reason``)."""
+
+
+def _cancelled() -> WorkerEvent:
+    return WorkerEvent("error", {"code": "CANCELLED", "message": "cancelled"})
+
+
+def _was_cancelled(stream: _Stream) -> bool:
+    """``stream`` was cancelled by :meth:`OpenAIWorkerClient.cancel`, not the task reading
+    it."""
+    task = asyncio.current_task()
+    return stream.cancelled and (task is None or not task.cancelling())
+
+
+async def _close(resp: aiohttp.ClientResponse) -> None:
+    """Close ``resp``'s connection (unless it went back to the pool) and wait until its socket
+    is closed — the engine sees the request aborted even if the loop is busy next."""
+    connection = resp.connection
+    protocol = None if connection is None else connection.protocol
+    closed = None if protocol is None else protocol.closed  # (a protocol with no data is falsy)
+    resp.close()
+    if closed is not None:
+        with contextlib.suppress(*STREAM_ERRORS, OSError):
+            async with asyncio.timeout(_CLOSE_WAIT_S):
+                await closed
 
 
 class OpenAIWorkerClient:
     """:class:`~orchestratord.workers.WorkerClient` for OpenAI-compatible engines (see the
-    module docstring for the mapping), over one pooled httpx client.
+    module docstring for the mapping), over one pooled aiohttp session.
 
     ``connect_timeout_s`` bounds reaching the engine; ``read_timeout_s`` bounds the silence
     between two chunks (an engine that stops talking is treated as lost). ``api_key`` is sent
@@ -154,11 +199,10 @@ class OpenAIWorkerClient:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 120.0,
         api_key: str | None = None,
-        client: httpx.AsyncClient | None = None,
     ) -> None:
-        timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30, pool=30)
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        self._client = client or httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._http = HttpSessions(
+            connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s
+        )
         self._api_key = api_key
         self._streams: dict[str, _Stream] = {}
         self._early_cancels: OrderedDict[str, float] = OrderedDict()
@@ -203,7 +247,7 @@ class OpenAIWorkerClient:
     ) -> AsyncIterator[WorkerEvent]:
         """See :class:`~orchestratord.workers.WorkerClient`."""
         if self._take_early_cancel(request.job_id):
-            yield WorkerEvent("error", {"code": "CANCELLED", "message": "cancelled"})
+            yield _cancelled()
             return
         headers = {
             "X-Correlation-Id": correlation_id,
@@ -214,105 +258,143 @@ class OpenAIWorkerClient:
         url = worker_uri.rstrip("/") + self.path(request)
         stream = _Stream(request.job_id)
         self._streams[request.job_id] = stream
-        stream.task = asyncio.get_running_loop().create_task(
-            self._read(stream, url, self.body(request), headers),
-            name=f"openai-{request.job_id}",
-        )
         try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.kind in _TERMINAL:
+            opened = await self._open(stream, url, self.body(request), headers)
+            if opened is not None:  # refused, or cancelled before the answer
+                yield opened
+                return
+            resp = stream.response
+            assert resp is not None
+            request_id = resp.headers.get("x-request-id")
+            yield WorkerEvent("started", {"job_id": stream.job_id, "engine_request_id": request_id})
+            if stream.cancelled:
+                yield _cancelled()
+                return
+            decoder = SseByteDecoder()
+            content = resp.content
+            try:
+                while chunk := await content.readany():
+                    blocks = decoder.feed(chunk)
+                    if not blocks:
+                        continue
+                    events = self._events(stream, blocks)
+                    if stream.done:
+                        await drain_response(resp)  # the connection goes back to the pool
+                    for event in events:
+                        yield event
+                        if stream.cancelled:
+                            yield _cancelled()
+                            return
+                    if stream.done or stream.failed or stream.fault:
+                        break
+            except STREAM_ERRORS as exc:
+                if stream.cancelled:
+                    yield _cancelled()
                     return
+                raise self._broke(stream, f"engine stream broke: {type(exc).__name__}") from exc
+            if stream.failed:
+                return
+            if stream.fault is None and stream.finish is None:  # closed without [DONE]
+                stream.fault = "the engine closed the stream without [DONE]"
+            if stream.fault is not None:
+                raise self._broke(stream, stream.fault)
+            for event in self._ended(stream):
+                yield event
         finally:
             if self._streams.get(request.job_id) is stream:
                 del self._streams[request.job_id]
-            if not stream.task.done():
-                stream.task.cancel()  # closes the connection: the engine aborts the request
-                await asyncio.wait({stream.task})
+            if stream.opening is not None and not stream.opening.done():
+                stream.opening.cancel()
+            if stream.response is not None:
+                stream.response.close()  # a no-op once read to its end
 
-    async def _read(
+    async def _open(
         self, stream: _Stream, url: str, body: dict[str, Any], headers: dict[str, str]
-    ) -> None:
-        """Run the request and turn the engine's chunks into events on ``stream.queue``."""
-        put = stream.queue.put_nowait
-        try:
-            async with self._client.stream("POST", url, json=body, headers=headers) as resp:
-                if resp.status_code // 100 != 2:
-                    put(self._refusal(resp.status_code, await resp.aread()))
-                    return
-                request_id = resp.headers.get("x-request-id")
-                put(
-                    WorkerEvent(
-                        "started", {"job_id": stream.job_id, "engine_request_id": request_id}
-                    )
-                )
-                if not await self._consume(stream, resp.aiter_lines()):
-                    return
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            put(WorkerUnreachable(f"cannot reach engine: {type(exc).__name__}"))
-            return
-        except httpx.HTTPError as exc:
-            put(self._broke(stream, f"engine stream broke: {type(exc).__name__}"))
-            return
-        except Exception as exc:  # never leave the reader of the queue waiting
-            put(self._broke(stream, f"engine stream failed: {type(exc).__name__}"))
-            return
-        self._ended(stream)
+    ) -> WorkerEvent | None:
+        """Send the request; None once the stream is open (``stream.response``), else the
+        job's one event (a refusal, or CANCELLED). Raises WorkerUnreachable."""
+        session = self._http.session()
 
-    async def _consume(self, stream: _Stream, lines: AsyncIterator[str]) -> bool:
-        """Read the engine's chunks into ``stream``'s events; False if the stream ended
-        badly (the fault is already on the queue)."""
-        put = stream.queue.put_nowait
-        decoder = SseDecoder()
-        async for line in lines:
-            parsed = decoder.feed(line)
-            if parsed is None:
-                continue
-            raw = parsed.data.strip()
-            if raw == "[DONE]":
-                if stream.finish is None:  # e.g. llama-cpp-python interrupting the request
-                    put(self._broke(stream, "the engine ended the stream without a finish_reason"))
-                    return False
-                await drain_response(lines)  # the connection goes back to the pool
-                return True
+        async def post() -> aiohttp.ClientResponse:
+            resp: aiohttp.ClientResponse = await post_json(session, url, body, headers)
+            return resp
+
+        stream.opening = opening = asyncio.get_running_loop().create_task(
+            post(), name=f"openai-{stream.job_id}"
+        )
+        try:
+            resp = await opening
+        except asyncio.CancelledError:
+            if _was_cancelled(stream):
+                return _cancelled()
+            raise
+        except CONNECT_ERRORS as exc:
+            raise WorkerUnreachable(f"cannot reach engine: {type(exc).__name__}") from exc
+        except STREAM_ERRORS as exc:
+            raise WorkerUnreachable(f"engine stream broke: {type(exc).__name__}") from exc
+        stream.response = resp
+        if stream.cancelled:
+            return _cancelled()
+        if resp.status // 100 != 2:
             try:
-                chunk = json.loads(raw)
+                raw = await resp.read()
+            except STREAM_ERRORS:
+                raw = b""
+            refusal = self._refusal(resp.status, raw)
+            if isinstance(refusal, WorkerUnreachable):
+                raise refusal
+            return refusal
+        return None
+
+    @staticmethod
+    def _events(stream: _Stream, blocks: list[tuple[str, bytes]]) -> list[WorkerEvent]:
+        """The events of the SSE events one read completed (consecutive tokens batched);
+        sets ``stream.done``, ``failed`` or ``fault`` when the stream ends among them."""
+        events: list[WorkerEvent] = []
+        texts: list[str] = []
+        first = stream.tokens
+        loads = json.loads
+        for _name, raw in blocks:
+            if raw[:1] != b"{" and raw.strip() == b"[DONE]":
+                if stream.finish is None:  # e.g. llama-cpp-python interrupting the request
+                    stream.fault = "the engine ended the stream without a finish_reason"
+                else:
+                    stream.done = True
+                break
+            try:
+                chunk = loads(raw)
             except ValueError:
                 continue  # not ours to judge: keep reading
             if not isinstance(chunk, dict):
                 continue
             if chunk.get("error") is not None:
+                if texts:
+                    events.append(token_batch(first, texts))
+                    texts = []
                 message = _engine_message(json.dumps(chunk).encode())
-                put(WorkerEvent("error", {"code": "WORKER_FAILED", "message": message}))
-                return False
-            self._chunk(stream, chunk)
-        if stream.finish is None:  # closed without [DONE] or a finish_reason
-            put(self._broke(stream, "the engine closed the stream without [DONE]"))
-            return False
-        return True
+                events.append(WorkerEvent("error", {"code": "WORKER_FAILED", "message": message}))
+                stream.failed = True
+                return events
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                stream.usage = usage
+            choices = chunk.get("choices")
+            choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+            text = _chunk_text(choice)
+            if text:
+                if stream.first_token_at is None:
+                    stream.first_token_at = time.monotonic()
+                texts.append(text)
+                stream.tokens += 1
+            finish = choice.get("finish_reason")
+            if finish:
+                stream.finish = str(finish)
+        if texts:
+            events.append(token_batch(first, texts))
+        return events
 
     @staticmethod
-    def _chunk(stream: _Stream, chunk: dict[str, Any]) -> None:
-        """One decoded chunk: its text becomes a token event; its usage and finish_reason
-        are kept for the end."""
-        if isinstance(chunk.get("usage"), dict):
-            stream.usage = chunk["usage"]
-        choices = chunk.get("choices") or []
-        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-        text = _chunk_text(choice)
-        if text:
-            if stream.first_token_at is None:
-                stream.first_token_at = time.monotonic()
-            stream.queue.put_nowait(WorkerEvent("token", {"i": stream.tokens, "t": text}))
-            stream.tokens += 1
-        if choice.get("finish_reason"):
-            stream.finish = str(choice["finish_reason"])
-
-    @staticmethod
-    def _ended(stream: _Stream) -> None:
+    def _ended(stream: _Stream) -> tuple[WorkerEvent, WorkerEvent]:
         """The engine finished: ``metrics`` then ``end`` (with the engine's usage)."""
         elapsed = time.monotonic() - stream.t0
         usage, finish, first = stream.usage, stream.finish, stream.first_token_at
@@ -327,7 +409,6 @@ class OpenAIWorkerClient:
         }
         if usage is not None:
             metrics["usage"] = usage
-        stream.queue.put_nowait(WorkerEvent("metrics", metrics))
         end: dict[str, Any] = {"tokens": tokens, "finish_reason": normalise_finish_reason(finish)}
         if finish is not None and finish != end["finish_reason"]:
             end["engine_finish_reason"] = finish
@@ -335,7 +416,7 @@ class OpenAIWorkerClient:
             for key in ("prompt_tokens", "completion_tokens"):
                 if isinstance(usage.get(key), int):
                     end[key] = usage[key]
-        stream.queue.put_nowait(WorkerEvent("end", end))
+        return WorkerEvent("metrics", metrics), WorkerEvent("end", end)
 
     @staticmethod
     def _broke(stream: _Stream, why: str) -> WorkerUnreachable | WorkerLost:
@@ -365,7 +446,7 @@ class OpenAIWorkerClient:
         return self._early_cancels.pop(job_id, None) is not None
 
     async def cancel(self, worker_uri: str, job_id: str, *, correlation_id: str) -> None:
-        """Close the job's stream (the engine aborts the request) and end its events with
+        """Close the job's connection (the engine aborts the request) and end its events with
         ``error CANCELLED``. Idempotent; a job not running yet is cancelled when it starts."""
         stream = self._streams.get(job_id)
         if stream is None:
@@ -375,11 +456,14 @@ class OpenAIWorkerClient:
         if stream.cancelled:
             return
         stream.cancelled = True
-        if stream.task is not None and not stream.task.done():
-            stream.task.cancel()
-            await asyncio.wait({stream.task})
-        stream.queue.put_nowait(WorkerEvent("error", {"code": "CANCELLED", "message": "cancelled"}))
+        opening = stream.opening
+        if opening is not None and not opening.done():
+            opening.cancel()  # still waiting for the engine's answer: aiohttp closes it
+            await asyncio.wait({opening})
+        resp = stream.response
+        if resp is not None:
+            await _close(resp)  # a reader waiting on the stream wakes up at once
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
-        await self._client.aclose()
+        await self._http.aclose()

@@ -15,6 +15,13 @@ A chat job sends ``messages`` (``[{role, content}]``) instead of ``prompt``: the
 applies its own chat template (the chat extension of the native protocol).
     POST {worker}/cancel   {job_id} -> 202 (idempotent)
 
+A client yields the stream's events as :class:`WorkerEvent` values of the same kinds, plus
+one kind that exists only inside the daemon, never on the wire: ``tokens {i, t: [text, …]}``,
+two or more consecutive tokens that arrived in one read from the socket (``i`` is the index of
+the first). A client yields it instead of as many ``token`` events, so a fast engine costs
+the daemon one event per read rather than one per token; it never reorders: a ``metrics``,
+``end`` or ``error`` between two tokens splits the batch. A lone token stays ``token {i, t}``.
+
 A client yields :class:`WorkerEvent` values and raises one of two errors, which the daemon's
 retry rules tell apart:
 
@@ -41,12 +48,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-import httpx
+import aiohttp
+from aiohttp import connector as _aiohttp_connector
 from orchestrator_core.jobs import JobParams
-from orchestrator_core.sse import SseDecoder
+from orchestrator_core.sse import SseByteDecoder
 
 __all__ = [
     "ExecuteRequest",
+    "HttpSessions",
     "NativeWorkerClient",
     "ProtocolRoutingWorkerClient",
     "WorkerClient",
@@ -123,7 +132,11 @@ class ExecuteRequest(JobParams):
 
 @dataclass(frozen=True, slots=True)
 class WorkerEvent:
-    """One event of a worker's stream: ``kind`` is started|token|metrics|end|error."""
+    """One event of a worker's stream: ``kind`` is started|token|tokens|metrics|end|error.
+
+    ``token {i, t}`` is one token; ``tokens {i, t: [text, …]}`` is two or more consecutive
+    tokens a client read at once (``i`` = the first one's index), in order — an in-process
+    kind only (see the module docstring); a consumer handles it as that many tokens."""
 
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -154,37 +167,136 @@ class WorkerClient(Protocol):
 _TERMINAL = {"end", "error"}
 _URI_MEMORY = 4096
 _DRAIN_S = 1.0
+_KEEPALIVE_S = 30.0
+_CLEANUP_CLOSED = bool(getattr(_aiohttp_connector, "NEEDS_CLEANUP_CLOSED", False))
+"""aiohttp warns when asked to clean up closed TLS transports on a Python that no longer
+needs it (3.12.8+, 3.13.1+)."""
+
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+)
+"""What aiohttp raises when a worker cannot be reached at all."""
+STREAM_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
+"""What aiohttp raises when a request or its stream fails (read timeouts included)."""
 
 
-async def drain_response(lines: AsyncIterator[str], limit_s: float = _DRAIN_S) -> None:
+class HttpSessions:
+    """One pooled :class:`aiohttp.ClientSession`, created on first use inside the running
+    loop (a session belongs to its loop), keeping connections to each worker alive between
+    jobs. ``connect_timeout_s`` bounds reaching a worker, ``read_timeout_s`` the silence
+    between two reads of a stream."""
+
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float) -> None:
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The session (created in the running loop on first use, or after :meth:`aclose`)."""
+        session = self._session
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=0,
+                keepalive_timeout=_KEEPALIVE_S,
+                enable_cleanup_closed=_CLEANUP_CLOSED,
+            )
+            session = self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self.timeout,
+                # SSE is not worth compressing; skipping it saves both ends the work.
+                headers={"Accept-Encoding": "identity"},
+                raise_for_status=False,
+            )
+        return session
+
+    async def aclose(self) -> None:
+        """Close the session and its pooled connections."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def post_json(session: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str]) -> Any:
+    """``session.post`` with ``body`` as JSON (encoded once, here); await it for the
+    response."""
+    headers["Content-Type"] = "application/json"
+    return session.post(url, data=json.dumps(body).encode(), headers=headers)
+
+
+async def drain_response(resp: aiohttp.ClientResponse, limit_s: float = _DRAIN_S) -> None:
     """Read what is left of a streamed response after its last event (at most ``limit_s``).
 
-    httpx returns a connection to its keep-alive pool only when the response was read to the
-    end; one closed half-read costs a new TCP connection for the next job (and a socket in
-    TIME_WAIT)."""
-    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+    aiohttp returns a connection to its keep-alive pool only once the response has been read
+    to its end (e.g. the chunked body's last, empty chunk); one closed half-read costs a new
+    TCP connection for the next job (and a socket in TIME_WAIT)."""
+    content = resp.content
+    if content.is_eof():
+        return
+    with contextlib.suppress(*STREAM_ERRORS):
         async with asyncio.timeout(limit_s):
-            async for _ in lines:
+            while await content.readany():
                 pass
 
 
+def token_batch(first: int, texts: list[str]) -> WorkerEvent:
+    """``token {i, t}`` for one text, ``tokens {i, t: [...]}`` for several."""
+    if len(texts) == 1:
+        return WorkerEvent("token", {"i": first, "t": texts[0]})
+    return WorkerEvent("tokens", {"i": first, "t": texts})
+
+
+def _native_event(kind: str, raw: bytes) -> WorkerEvent:
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {"raw": raw.decode("utf-8", "replace")}
+    if not isinstance(data, dict):
+        data = {"value": data}
+    return WorkerEvent(kind, data)
+
+
+def native_events(blocks: list[tuple[str, bytes]]) -> tuple[list[WorkerEvent], bool]:
+    """The worker events of the SSE events one read completed, consecutive tokens batched;
+    and whether a terminal event (``end``/``error``, the last of the list) was among them."""
+    events: list[WorkerEvent] = []
+    texts: list[str] = []
+    first = 0
+    for kind, raw in blocks:
+        event = _native_event(kind, raw)
+        if kind == "token":
+            text = event.data.get("t", event.data.get("text"))
+            if isinstance(text, str):
+                if not texts:
+                    index = event.data.get("i")
+                    first = index if isinstance(index, int) else 0
+                texts.append(text)
+                continue
+        if texts:
+            events.append(token_batch(first, texts))
+            texts = []
+        events.append(event)
+        if kind in _TERMINAL:
+            return events, True
+    if texts:
+        events.append(token_batch(first, texts))
+    return events, False
+
+
 class NativeWorkerClient:
-    """:class:`WorkerClient` for the native worker protocol, over one pooled httpx client.
+    """:class:`WorkerClient` for the native worker protocol, over one pooled aiohttp session.
 
     ``connect_timeout_s`` bounds reaching the worker; ``read_timeout_s`` bounds the silence
-    between two events (a worker that stops talking is treated as lost).
+    between two events (a worker that stops talking is treated as lost). Consecutive tokens
+    read at once are yielded as one ``tokens`` event (see the module docstring).
     """
 
-    def __init__(
-        self,
-        *,
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float = 120.0,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30, pool=30)
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        self._client = client or httpx.AsyncClient(timeout=timeout, limits=limits)
+    def __init__(self, *, connect_timeout_s: float = 5.0, read_timeout_s: float = 120.0) -> None:
+        self._http = HttpSessions(
+            connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s
+        )
 
     async def execute(
         self, worker_uri: str, request: ExecuteRequest, *, correlation_id: str
@@ -193,55 +305,53 @@ class NativeWorkerClient:
         url = worker_uri.rstrip("/") + "/execute"
         headers = {"X-Correlation-Id": correlation_id, "Accept": "text/event-stream"}
         started = False
+        resp: aiohttp.ClientResponse | None = None
         try:
-            async with self._client.stream(
-                "POST", url, json=request.to_json(), headers=headers
-            ) as resp:
-                if resp.status_code // 100 != 2:
-                    await resp.aread()
-                    raise WorkerUnreachable(f"worker answered {resp.status_code} to /execute")
-                decoder = SseDecoder()
-                lines = resp.aiter_lines()
-                async for line in lines:
-                    parsed = decoder.feed(line)
-                    if parsed is None:
-                        continue
-                    kind, raw = parsed.event, parsed.data
-                    try:
-                        data = json.loads(raw) if raw else {}
-                    except ValueError:
-                        data = {"raw": raw}
-                    if not isinstance(data, dict):
-                        data = {"value": data}
-                    started = True
-                    if kind in _TERMINAL:
-                        await drain_response(lines)  # the connection goes back to the pool
-                        yield WorkerEvent(kind, data)
-                        return
-                    yield WorkerEvent(kind, data)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            resp = await post_json(self._http.session(), url, request.to_json(), headers)
+            if resp.status // 100 != 2:
+                await resp.read()
+                raise WorkerUnreachable(f"worker answered {resp.status} to /execute")
+            decoder = SseByteDecoder()
+            content = resp.content
+            while chunk := await content.readany():
+                blocks = decoder.feed(chunk)
+                if not blocks:
+                    continue
+                events, terminal = native_events(blocks)
+                started = True
+                if terminal:
+                    await drain_response(resp)  # the connection goes back to the pool
+                for event in events:
+                    yield event
+                if terminal:
+                    return
+        except CONNECT_ERRORS as exc:
             raise WorkerUnreachable(f"cannot reach worker: {type(exc).__name__}") from exc
-        except httpx.HTTPError as exc:
+        except STREAM_ERRORS as exc:
             if not started:
                 raise WorkerUnreachable(f"worker failed before starting: {exc!r}") from exc
             raise WorkerLost(f"worker stream broke: {type(exc).__name__}") from exc
+        finally:
+            if resp is not None:
+                resp.close()  # a no-op once read to its end (the connection is back in the pool)
         raise WorkerLost("worker stream ended without end or error")
 
     async def cancel(self, worker_uri: str, job_id: str, *, correlation_id: str) -> None:
         """See :class:`WorkerClient`."""
         url = worker_uri.rstrip("/") + "/cancel"
+        headers = {"X-Correlation-Id": correlation_id}
         try:
-            resp = await self._client.post(
-                url, json={"job_id": job_id}, headers={"X-Correlation-Id": correlation_id}
-            )
-        except httpx.HTTPError as exc:
+            async with post_json(self._http.session(), url, {"job_id": job_id}, headers) as resp:
+                await resp.read()
+                status = resp.status
+        except STREAM_ERRORS as exc:
             raise WorkerUnreachable(f"cannot reach worker to cancel: {exc!r}") from exc
-        if resp.status_code // 100 != 2:
-            raise WorkerUnreachable(f"worker answered {resp.status_code} to /cancel")
+        if status // 100 != 2:
+            raise WorkerUnreachable(f"worker answered {status} to /cancel")
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
-        await self._client.aclose()
+        await self._http.aclose()
 
 
 class ProtocolRoutingWorkerClient:
