@@ -557,6 +557,15 @@ class ResponseBuilder:
         """One piece of generated text (``finish_reason: null``)."""
         return self._chunk([self._choice(text, None)])
 
+    def chunk_parts(self) -> tuple[str, str]:
+        """``(before, after)``: the compact JSON of :meth:`chunk` (``separators=(",", ":")``,
+        ``ensure_ascii=False``) is ``before + json.dumps(text, ensure_ascii=False) + after``
+        — for rendering the many chunks of one stream without building a dict for each."""
+        marker = "\x00"
+        whole = json.dumps(self.chunk(marker), ensure_ascii=False, separators=(",", ":"))
+        before, _, after = whole.rpartition(json.dumps(marker))
+        return before, after
+
     def final_chunk(self, finish_reason: str) -> dict[str, Any]:
         """The chunk that ends the choice: no text (a completion's ``text`` is ``""``, a
         chat's ``delta`` is ``{}``) and the ``finish_reason``."""

@@ -20,6 +20,7 @@ from orchestrator_core.scheduling.scheduler import SchedulerRegistry
 
 from orchestratord.api import openai, ops, pools, scheduler, tasks
 from orchestratord.api.errors import CorrelationMiddleware, install_error_handlers
+from orchestratord.api.fastlane import FastLane, hot_routes
 from orchestratord.api.openapi import install_openapi
 from orchestratord.auth import Authenticator
 from orchestratord.logs import log
@@ -110,6 +111,8 @@ def create_app(
     )
     app.state.orchestrator = orch
     app.add_middleware(CorrelationMiddleware)
+    exact, param = hot_routes(orch, auth)
+    app.add_middleware(FastLane, exact=exact, param=param)  # outermost: the hot routes
     install_error_handlers(app)
     install_openapi(
         app,

@@ -106,19 +106,22 @@ class JobStream:
         """Until the next :meth:`publish`."""
         await asyncio.shield(self.next_publish())
 
-    async def follow(
+    async def follow_batches(
         self, last_id: int, *, idle_s: float | None = None
-    ) -> AsyncIterator[StoredEvent | None]:
-        """Events after ``last_id`` as they come, ending after the terminal event. With
-        ``idle_s``, yields ``None`` after that many idle seconds (time for a keepalive)."""
+    ) -> AsyncIterator[list[StoredEvent] | None]:
+        """Every event after ``last_id`` as it comes, in batches: all that were published
+        since the previous batch (so a writer sends them at once), ending after the batch
+        holding the terminal event. With ``idle_s``, yields ``None`` after that many idle
+        seconds (time for a keepalive)."""
         while True:
             batch = self.after(last_id)
             if batch:
-                for event in batch:
-                    yield event  # suspends: more events may be published meanwhile
-                    last_id = event.event_id
+                for n, event in enumerate(batch):
                     if event.terminal:
+                        yield batch[: n + 1]
                         return
+                yield batch  # suspends: more events may be published meanwhile
+                last_id = batch[-1].event_id
                 continue  # look again before waiting, or an event published meanwhile waits
             if self.terminal is not None:  # the client already has the terminal event
                 return
@@ -129,3 +132,15 @@ class JobStream:
                 await asyncio.wait_for(asyncio.shield(published), timeout=idle_s)
             except TimeoutError:
                 yield None
+
+    async def follow(
+        self, last_id: int, *, idle_s: float | None = None
+    ) -> AsyncIterator[StoredEvent | None]:
+        """Events after ``last_id`` as they come, one at a time (see
+        :meth:`follow_batches`), ending after the terminal event."""
+        async for batch in self.follow_batches(last_id, idle_s=idle_s):
+            if batch is None:
+                yield None
+                continue
+            for event in batch:
+                yield event

@@ -501,6 +501,18 @@ COMPLETION_ANSWER = ResponseBuilder(JobKind.COMPLETION, "job-1", "llama", 1_700_
 CHAT_ANSWER = ResponseBuilder(JobKind.CHAT, "job-1", "llama", 1_700_000_000)
 
 
+@given(
+    kind=st.sampled_from([JobKind.COMPLETION, JobKind.CHAT]),
+    model=st.text(max_size=20),
+    text=st.text(max_size=30),
+)
+def test_chunk_parts_render_exactly_the_chunk(kind: JobKind, model: str, text: str) -> None:
+    b = ResponseBuilder(kind, "job-1", model, 1_700_000_000)
+    before, after = b.chunk_parts()
+    rendered = before + json.dumps(text, ensure_ascii=False) + after
+    assert rendered == json.dumps(b.chunk(text), ensure_ascii=False, separators=(",", ":"))
+
+
 def test_a_task_job_has_no_openai_answer() -> None:
     with pytest.raises(ValueError, match="completion and chat jobs only"):
         ResponseBuilder(JobKind.TASK, "job-1", "m", 0)

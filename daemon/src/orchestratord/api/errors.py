@@ -28,6 +28,7 @@ from orchestratord.logs import correlation_id_var, log
 __all__ = [
     "CorrelationMiddleware",
     "correlation_id",
+    "correlation_id_of",
     "error_response",
     "is_openai_path",
     "install_error_handlers",
@@ -40,6 +41,16 @@ _CORRELATION_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 def correlation_id() -> str:
     """The correlation id of the request being served (a fresh one outside a request)."""
     return correlation_id_var.get() or uuid.uuid4().hex
+
+
+def correlation_id_of(scope: Scope) -> str:
+    """The request's ``X-Correlation-Id`` when it is well formed, else a fresh one."""
+    incoming = None
+    for name, value in scope.get("headers", ()):
+        if name == b"x-correlation-id":
+            incoming = value.decode("latin-1")
+            break
+    return incoming if incoming and _CORRELATION_RE.match(incoming) else uuid.uuid4().hex
 
 
 def is_openai_path(path: str) -> bool:
@@ -78,12 +89,7 @@ class CorrelationMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = None
-        for name, value in scope.get("headers", ()):
-            if name == b"x-correlation-id":
-                incoming = value.decode("latin-1")
-                break
-        cid = incoming if incoming and _CORRELATION_RE.match(incoming) else uuid.uuid4().hex
+        cid = correlation_id_of(scope)
         token = correlation_id_var.set(cid)
         started = False
 

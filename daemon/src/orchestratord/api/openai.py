@@ -20,13 +20,13 @@ job's events are then answered in OpenAI's wire format: ``data:`` chunks ending 
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from orchestrator_core import (
     ErrorCode,
     ModelNotFound,
@@ -47,18 +47,17 @@ from orchestrator_core.openai import (
     openai_error,
 )
 
-from orchestratord.api.errors import correlation_id, read_body
-from orchestratord.api.openapi import body, openai_errors
-from orchestratord.auth import Authenticator, Principal
+from orchestratord.api.exchange import Exchange
+from orchestratord.api.openapi import body, openai_errors, served_on_the_fast_lane
+from orchestratord.auth import Authenticator
 from orchestratord.orchestrator import Orchestrator
 from orchestratord.services.admission import JobSpec, estimate_prompt_tokens
 from orchestratord.services.jobs import ActiveJob
 from orchestratord.store import StoredEvent
 
-__all__ = ["router"]
+__all__ = ["hot_handlers", "router"]
 
 KEEPALIVE_S = 15.0
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _PRIORITIES = ("interactive", "batch")
 _ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {
@@ -79,10 +78,10 @@ def _sse(data: dict[str, Any]) -> bytes:
 
 
 _DONE = b"data: [DONE]\n\n"
+_KEEPALIVE = b": keepalive\n\n"
 
 
-def _priority(request: Request, req: OpenAIRequest) -> Priority:
-    header = request.headers.get("x-priority")
+def _priority(header: str | None, req: OpenAIRequest) -> Priority:
     if header is not None and header.strip().lower() not in _PRIORITIES:
         raise RequestInvalid(
             [
@@ -96,8 +95,7 @@ def _priority(request: Request, req: OpenAIRequest) -> Priority:
     return req.priority_or(header.strip().lower() if header else Priority.INTERACTIVE)
 
 
-def _session(request: Request, req: OpenAIRequest) -> str | None:
-    header = request.headers.get("x-session-id")
+def _session(header: str | None, req: OpenAIRequest) -> str | None:
     if header is not None and not 1 <= len(header) <= 128:
         raise RequestInvalid(
             [
@@ -147,94 +145,108 @@ class _Answer:
             lifecycle = self.orch.lifecycle
             self.orch.ctx.tasks.spawn(lifecycle.stop_job(self.a, "disconnected"), name="gone")
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """The SSE answer (``stream: true``)."""
+    def ending(self, terminal: StoredEvent) -> list[bytes]:
+        """The last chunks of a stream: the final chunk (and usage) then ``[DONE]``, or the
+        error then ``[DONE]``."""
+        self.finished = True
         b = self.builder
+        if terminal.kind == "error":
+            return [_sse(openai_error(self.error_of(terminal))), _DONE]
+        out = [_sse(b.final_chunk(str(terminal.payload().get("finish_reason", "stop"))))]
+        if self.req.include_usage:
+            out.append(_sse(b.usage_chunk(*self.usage_of(terminal))))
+        out.append(_DONE)
+        return out
+
+    async def stream(self, ex: Exchange) -> None:
+        """The SSE answer (``stream: true``): each batch of events the job published since
+        the last write goes out in one write."""
+        b = self.builder
+        before, after = b.chunk_parts()
+        head = (b"data: " + before.encode(), (after + "\n\n").encode())
+        out = [_sse(chunk) for chunk in b.start_chunks()]
+        await ex.start_sse({"X-Job-Id": self.a.job_id})
         try:
-            for chunk in b.start_chunks():
-                yield _sse(chunk)
-            async for ev in self.a.stream.follow(0, idle_s=KEEPALIVE_S):
-                if ev is None:
-                    yield b": keepalive\n\n"
-                elif ev.kind == "token":
-                    yield _sse(b.chunk(str(ev.payload().get("t", ""))))
-                elif ev.kind == "end":
-                    self.finished = True
-                    yield _sse(b.final_chunk(str(ev.payload().get("finish_reason", "stop"))))
-                    if self.req.include_usage:
-                        yield _sse(b.usage_chunk(*self.usage_of(ev)))
-                    yield _DONE
-                elif ev.kind == "error":
-                    self.finished = True
-                    yield _sse(openai_error(self.error_of(ev)))
-                    yield _DONE
+            async for batch in self.a.stream.follow_batches(0, idle_s=KEEPALIVE_S):
+                if batch is None:
+                    out.append(_KEEPALIVE)
+                for ev in batch or ():
+                    if ev.kind == "token":
+                        text = json.loads(ev.data).get("t", "")
+                        out += (head[0], json.dumps(text, ensure_ascii=False).encode(), head[1])
+                    elif ev.terminal:
+                        out += self.ending(ev)
+                if self.finished:
+                    break
+                if out:
+                    await ex.write(b"".join(out))
+                    out.clear()
+            await ex.end(b"".join(out))
         finally:
             self.cancel()
 
-    async def whole(self, request: Request) -> Response:
-        """The one-object answer (``stream: false``); a client that leaves first cancels."""
-        collect = asyncio.ensure_future(self._collect())
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not collect.done():
-                collect.cancel()
-                self.cancel()
-        if not collect.done() or collect.cancelled():
-            return Response(status_code=499)  # nobody is listening any more
-        texts, terminal = collect.result()
+    async def whole(self, ex: Exchange) -> None:
+        """The one-object answer (``stream: false``)."""
+        texts: list[str] = []
+        terminal: StoredEvent | None = None
+        async for batch in self.a.stream.follow_batches(0):
+            for ev in batch or ():
+                if ev.kind == "token":
+                    texts.append(str(ev.payload().get("t", "")))
+                elif ev.terminal:
+                    terminal = ev
+        if terminal is None:
+            raise OrchestratorError(
+                "the job's stream ended without an end", code=ErrorCode.INTERNAL
+            )
         self.finished = True
         if terminal.kind == "error":
             raise self.error_of(terminal)
         reason = str(terminal.payload().get("finish_reason", "stop"))
         answer = self.builder.response("".join(texts), reason, *self.usage_of(terminal))
-        return JSONResponse(answer)
-
-    async def _collect(self) -> tuple[list[str], StoredEvent]:
-        texts: list[str] = []
-        async for ev in self.a.stream.follow(0):
-            if ev is None:
-                continue
-            if ev.kind == "token":
-                texts.append(str(ev.payload().get("t", "")))
-            elif ev.terminal:
-                return texts, ev
-        raise OrchestratorError("the job's stream ended without an end", code=ErrorCode.INTERNAL)
-
-
-async def _disconnected(request: Request) -> None:
-    """Until the client closes its connection (the body has been read already)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+        await ex.json(answer, headers={"X-Job-Id": self.a.job_id})
 
 
 async def _serve(
-    orch: Orchestrator, request: Request, who: Principal, req: OpenAIRequest
-) -> Response:
+    orch: Orchestrator, auth: Authenticator, kind: type[OpenAIRequest], ex: Exchange
+) -> None:
+    who = auth.authenticate(ex.header(b"authorization"), "client")
+    req = kind.parse(await ex.body(orch.config.server.max_body_bytes))
     spec = JobSpec(
         model=req.model,
         prompt=req.prompt_text(),
         input_text=req.input_text(),
         params=req.job_params(),
-        priority=_priority(request, req),
-        session_id=_session(request, req),
+        priority=_priority(ex.header(b"x-priority"), req),
+        session_id=_session(ex.header(b"x-session-id"), req),
         kind=req.kind,
     )
-    reply = await orch.admission.submit_spec(spec, principal=who, correlation_id=correlation_id())
+    reply = await orch.admission.submit_spec(spec, principal=who, correlation_id=ex.cid)
     a = orch.ctx.jobs.stream_of(reply.job_id)
     if a is None:  # already gone from memory: cannot happen within one request
         raise OrchestratorError("the job vanished", code=ErrorCode.INTERNAL)
     answer = _Answer(orch, a, req)
+    ex.on_disconnect(answer.cancel)  # client gone = job cancelled, at once
     if req.stream:
-        headers = {**_SSE_HEADERS, "X-Job-Id": a.job_id}
-        return StreamingResponse(answer.stream(), media_type="text/event-stream", headers=headers)
-    response = await answer.whole(request)
-    response.headers["X-Job-Id"] = a.job_id
-    return response
+        await answer.stream(ex)
+    else:
+        await answer.whole(ex)
+
+
+def hot_handlers(
+    orch: Orchestrator, auth: Authenticator
+) -> dict[str, Callable[[Exchange], Awaitable[None]]]:
+    """``POST /v1/completions`` and ``POST /v1/chat/completions``, served on the fast lane
+    (:mod:`orchestratord.api.fastlane`)."""
+    return {
+        path: functools.partial(_serve, orch, auth, kind) for path, kind, _ in _COMPLETION_ROUTES
+    }
+
+
+_COMPLETION_ROUTES: tuple[tuple[str, type[OpenAIRequest], str], ...] = (
+    ("/v1/completions", CompletionRequest, "completion of one prompt (streamed or whole)"),
+    ("/v1/chat/completions", ChatCompletionRequest, "chat completion (the engine's template)"),
+)
 
 
 def _models(orch: Orchestrator) -> dict[str, tuple[str, list[str]]]:
@@ -268,24 +280,12 @@ def _models(orch: Orchestrator) -> dict[str, tuple[str, list[str]]]:
 def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
     """The ``/v1`` routes over ``orch``."""
     api = APIRouter(tags=["openai"])
-    limit = orch.config.server.max_body_bytes
     created = int(orch.ctx.clock())
 
-    def endpoint(kind: type[OpenAIRequest]) -> Callable[[Request], Awaitable[Response]]:
-        async def answer(request: Request) -> Response:
-            who = auth.authenticate(request.headers.get("authorization"), "client")
-            req = kind.parse(await read_body(request, limit))
-            return await _serve(orch, request, who, req)
-
-        return answer
-
-    for path, kind, summary in (
-        ("/v1/completions", CompletionRequest, "completion of one prompt (streamed or whole)"),
-        ("/v1/chat/completions", ChatCompletionRequest, "chat completion (the engine's template)"),
-    ):
+    for path, kind, summary in _COMPLETION_ROUTES:
         api.add_api_route(
             path,
-            endpoint(kind),
+            served_on_the_fast_lane,
             methods=["POST"],
             response_class=Response,
             responses={**_ANSWERS, **openai_errors(400, 404, 413, 429, 502, 503, 504)},

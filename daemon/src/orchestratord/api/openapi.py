@@ -9,11 +9,18 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from orchestrator_core import ErrorEnvelope
+from orchestrator_core import ErrorCode, ErrorEnvelope, OrchestratorError
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
-__all__ = ["OpenAIErrorBody", "body", "errors", "install_openapi", "openai_errors"]
+__all__ = [
+    "OpenAIErrorBody",
+    "body",
+    "errors",
+    "install_openapi",
+    "openai_errors",
+    "served_on_the_fast_lane",
+]
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -78,6 +85,13 @@ def body(name: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
         }
     }
+
+
+async def served_on_the_fast_lane() -> None:
+    """The endpoint of a route that :class:`~orchestratord.api.fastlane.FastLane` answers
+    before FastAPI routes anything: declared on the FastAPI app only for the OpenAPI
+    document (its method, body and answers). Reaching it is a wiring bug: 500 INTERNAL."""
+    raise OrchestratorError("this route is served by the fast lane", code=ErrorCode.INTERNAL)
 
 
 def install_openapi(app: FastAPI, *, bearer: bool, bodies: Sequence[type[BaseModel]]) -> None:

@@ -1,28 +1,40 @@
 """``/v2/tasks``: submit a task, list jobs, one job's status, cancel, and follow its events
-over SSE (``Last-Event-ID`` resumes; a finished job's events are replayed from the store)."""
+over SSE (``Last-Event-ID`` resumes; a finished job's events are replayed from the store).
+
+Submitting and following events are the hot routes: served on the fast lane
+(:func:`submit_handler`, :func:`events_handler`; see :mod:`orchestratord.api.fastlane`) and
+declared on the router for the OpenAPI document."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from orchestrator_core import JobStatusResponse, TaskSubmitRequest, TaskSubmitResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from orchestrator_core import (
+    ErrorCode,
+    JobStatusResponse,
+    RequestInvalid,
+    TaskSubmitRequest,
+    TaskSubmitResponse,
+)
+from orchestrator_core.errors import FieldError
 from pydantic import BaseModel, Field
 
-from orchestratord.api.errors import correlation_id, read_body
-from orchestratord.api.openapi import body, errors
+from orchestratord.api.exchange import Exchange
+from orchestratord.api.openapi import body, errors, served_on_the_fast_lane
 from orchestratord.auth import Authenticator
 from orchestratord.orchestrator import Orchestrator
 from orchestratord.services.views import visible_to
 from orchestratord.store import JobFilter
 from orchestratord.streams import format_sse, keepalive
 
-__all__ = ["TaskList", "router"]
+__all__ = ["TaskList", "events_handler", "router", "submit_handler"]
 
 KEEPALIVE_S = 15.0
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_LAST_EVENT_ID = re.compile(r"^[0-9]{1,18}$")
 
 
 class TaskList(BaseModel):
@@ -37,31 +49,24 @@ def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
     api = APIRouter(tags=["tasks"])
     _jobs(api, orch, auth)
     _cancel(api, orch, auth)
-    _events(api, orch, auth)
+    _events(api)
     return api
 
 
 def _jobs(api: APIRouter, orch: Orchestrator, auth: Authenticator) -> None:
-    """Submit, list, one job's status."""
-    limit = orch.config.server.max_body_bytes
+    """Submit (declared; see :func:`submit_handler`), list, one job's status."""
 
-    @api.post(
+    api.add_api_route(
         "/v2/tasks",
+        served_on_the_fast_lane,
+        methods=["POST"],
         status_code=202,
         response_model=TaskSubmitResponse,
         responses=errors(400, 404, 413, 429, 503),
         openapi_extra=body("TaskSubmitRequest"),
         summary="Submit a task; 202 once it is durably queued",
+        name="submit",
     )
-    async def submit(request: Request) -> JSONResponse:
-        who = auth.authenticate(request.headers.get("authorization"), "client")
-        req = TaskSubmitRequest.parse(await read_body(request, limit))
-        reply = await orch.admission.submit(req, principal=who, correlation_id=correlation_id())
-        return JSONResponse(
-            reply.model_dump(mode="json"),
-            status_code=202,
-            headers={"Location": f"/v2/tasks/{reply.job_id}"},
-        )
 
     @api.get(
         "/v2/tasks",
@@ -133,12 +138,13 @@ def _cancel(api: APIRouter, orch: Orchestrator, auth: Authenticator) -> None:
         )
 
 
-def _events(api: APIRouter, orch: Orchestrator, auth: Authenticator) -> None:
-    """Follow a job's events over SSE."""
-
-    @api.get(
+def _events(api: APIRouter) -> None:
+    """Follow a job's events over SSE (declared here, served by :func:`events_handler`)."""
+    api.add_api_route(
         "/v2/tasks/{job_id}/events",
-        response_class=StreamingResponse,
+        served_on_the_fast_lane,
+        methods=["GET"],
+        response_class=Response,
         responses={
             200: {
                 "description": "SSE: queued, started, token*, metrics*, then end or error",
@@ -146,38 +152,84 @@ def _events(api: APIRouter, orch: Orchestrator, auth: Authenticator) -> None:
             },
             **errors(400, 404),
         },
+        openapi_extra={
+            "parameters": [
+                {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": _LAST_EVENT_ID.pattern},
+                },
+            ]
+        },
         summary="Follow a job's events (SSE); Last-Event-ID resumes",
+        name="events",
     )
-    async def events(
-        request: Request,
-        job_id: str,
-        last_event_id: Annotated[
-            str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,18}$")
-        ] = None,
-    ) -> StreamingResponse:
-        who = auth.authenticate(request.headers.get("authorization"), "client")
+
+
+def submit_handler(
+    orch: Orchestrator, auth: Authenticator
+) -> Callable[[Exchange], Awaitable[None]]:
+    """``POST /v2/tasks``, served on the fast lane: 202 once the job is durably queued."""
+    limit = orch.config.server.max_body_bytes
+
+    async def submit(ex: Exchange) -> None:
+        who = auth.authenticate(ex.header(b"authorization"), "client")
+        req = TaskSubmitRequest.parse(await ex.body(limit))
+        reply = await orch.admission.submit(req, principal=who, correlation_id=ex.cid)
+        await ex.json(
+            reply.model_dump(mode="json"),
+            status=202,
+            headers={"Location": f"/v2/tasks/{reply.job_id}"},
+        )
+
+    return submit
+
+
+def events_handler(
+    orch: Orchestrator, auth: Authenticator
+) -> Callable[[Exchange, str], Awaitable[None]]:
+    """``GET /v2/tasks/{job_id}/events``, served on the fast lane: the events after
+    ``Last-Event-ID`` — from memory while the job is active (each batch published since the
+    last write in one write), from the store once it is finished."""
+
+    async def events(ex: Exchange, job_id: str) -> None:
+        who = auth.authenticate(ex.header(b"authorization"), "client")
+        last = ex.header(b"last-event-id")
+        if last is not None and not _LAST_EVENT_ID.match(last):
+            raise RequestInvalid(
+                [
+                    FieldError(
+                        "Last-Event-ID",
+                        ErrorCode.INVALID_PARAMETER,
+                        "Last-Event-ID: must be an event id (1 to 18 digits)",
+                    )
+                ]
+            )
         await orch.views.lookup(job_id, who)
-        after = int(last_event_id) if last_event_id else 0
+        after = int(last) if last else 0
         live = orch.ctx.jobs.stream_of(job_id)
         if live is None:
             stored = await orch.store.events_after(job_id, after)
-
-            async def replay() -> AsyncIterator[bytes]:
-                for ev in stored:
-                    yield format_sse(ev)
-
-            return StreamingResponse(replay(), media_type="text/event-stream", headers=_SSE_HEADERS)
-
+            await ex.start_sse()
+            await ex.end(b"".join(format_sse(ev) for ev in stored))
+            return
         following = not live.terminal_sent
         if following:
             orch.lifecycle.subscribe(live)
+        try:
+            ex.on_disconnect(lambda: None)
+            await ex.start_sse()
+            async for batch in live.stream.follow_batches(after, idle_s=KEEPALIVE_S):
+                data = keepalive() if batch is None else b"".join(map(format_sse, batch))
+                if batch and batch[-1].terminal:
+                    await ex.end(data)
+                    return
+                await ex.write(data)
+            await ex.end()
+        finally:
+            if following:
+                orch.lifecycle.unsubscribe(live)
 
-        async def follow() -> AsyncIterator[bytes]:
-            try:
-                async for ev in live.stream.follow(after, idle_s=KEEPALIVE_S):
-                    yield keepalive() if ev is None else format_sse(ev)
-            finally:
-                if following:
-                    orch.lifecycle.unsubscribe(live)
-
-        return StreamingResponse(follow(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return events

@@ -107,7 +107,7 @@ class ScriptedWorkerClient:
                 if cancelled.is_set() and self.cancel_confirms:
                     yield WorkerEvent("error", {"code": "CANCELLED", "message": "cancelled"})
                     return
-            texts = []
+            texts: list[str] = []
             while len(texts) < max(1, script.batch) and n < min(
                 len(script.tokens), request.max_tokens
             ):
