@@ -11,6 +11,8 @@ with ``pg_ctl`` on a free loopback port, stopped and deleted at the end.
   password (SCRAM): other processes — real ``orchestratord`` daemons — use the same DSN. The
   unix socket lives in the temporary directory (local connections are trusted there).
 * ``fsync`` stays on: durability is what the stores are tested for.
+* A watchdog process stops the server and deletes its directory if the test process dies
+  without stopping it (``kill -9``, ``timeout``).
 
 :func:`postgres_unavailable` tells why no cluster can be started; the fixtures in
 ``tests/conftest.py`` skip on it outside CI and fail under ``CI``.
@@ -27,6 +29,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -39,6 +42,22 @@ from psycopg import sql
 __all__ = ["PostgresCluster", "find_bindir", "in_ci", "postgres_unavailable"]
 
 SUPERUSER = "postgres"
+
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+data, root = sys.argv[1], sys.argv[2]
+sys.stdin.buffer.read()  # returns at EOF: the test process stopped the cluster, or died
+try:
+    with open(os.path.join(data, "postmaster.pid")) as f:
+        pid = int(f.readline())
+    os.kill(pid, signal.SIGINT)  # fast shutdown
+    for _ in range(300):
+        os.kill(pid, 0)
+        time.sleep(0.1)
+except (OSError, ValueError):
+    pass
+shutil.rmtree(root, ignore_errors=True)
+"""
 
 
 def in_ci() -> bool:
@@ -117,6 +136,7 @@ class PostgresCluster:
         self._counter = 0
         self._lock = threading.Lock()
         self._started = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
         if self._user is not None:
             os.chown(self.root, self._user.pw_uid, self._user.pw_gid)
 
@@ -211,8 +231,21 @@ class PostgresCluster:
                 last = exc
                 continue
             self._started = True
+            self._start_watchdog()
             return self
         raise RuntimeError(f"could not start PostgreSQL: {last}")
+
+    def _start_watchdog(self) -> None:
+        """A small process that stops the server and deletes its directory if this process
+        dies without :meth:`stop` (``kill``, ``timeout``): it waits for EOF on a pipe whose
+        other end only this process holds."""
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self.data), str(self.root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the test run does not reach it first
+        )
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and delete its directory."""
@@ -222,6 +255,11 @@ class PostgresCluster:
                 self._started = False
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+            if self._watchdog is not None:
+                assert self._watchdog.stdin is not None
+                self._watchdog.stdin.close()  # EOF: nothing left for it to do
+                self._watchdog.wait(timeout=30)
+                self._watchdog = None
 
     # -- databases -----------------------------------------------------------------------
 
