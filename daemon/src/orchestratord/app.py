@@ -111,8 +111,6 @@ def create_app(
     )
     app.state.orchestrator = orch
     app.add_middleware(CorrelationMiddleware)
-    exact, param = hot_routes(orch, auth)
-    app.add_middleware(FastLane, exact=exact, param=param)  # outermost: the hot routes
     install_error_handlers(app)
     install_openapi(
         app,
@@ -131,4 +129,8 @@ def create_app(
     app.include_router(pools.router(orch, auth))
     app.include_router(scheduler.router(orch, auth))
     app.include_router(ops.router(orch))
+    # The hot routes are answered before anything of FastAPI's (its error pages, body limit,
+    # routing): the fast lane has its own, with the same contract.
+    exact, param = hot_routes(orch, auth)
+    app.middleware_stack = FastLane(app.build_middleware_stack(), exact=exact, param=param)
     return app

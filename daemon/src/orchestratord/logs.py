@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import json
 import logging
 import sys
 from typing import Any
+
+import orjson
 
 __all__ = ["EVENTS", "JsonFormatter", "correlation_id_var", "fingerprint", "log", "setup_logging"]
 
@@ -78,7 +79,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, separators=(",", ":"))
+        return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -22,11 +22,11 @@ machine. Implementations: :class:`MemoryStore` here (unit tests, ``backend = "me
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
 from orchestrator_core import ErrorCode, Job, JobKind, JobParams, JobStatus, Priority
 
 __all__ = [
@@ -92,7 +92,7 @@ class StoredEvent:
 
     def payload(self) -> dict[str, Any]:
         """The decoded JSON payload."""
-        value: dict[str, Any] = json.loads(self.data)
+        value: dict[str, Any] = orjson.loads(self.data)
         return value
 
 
@@ -117,12 +117,12 @@ class JobPage:
 
 def params_to_json(params: JobParams) -> str:
     """Serialise sampling parameters."""
-    return json.dumps(params.to_dict(), separators=(",", ":"))
+    return orjson.dumps(params.to_dict()).decode()
 
 
 def params_from_json(text: str) -> JobParams:
     """Inverse of :func:`params_to_json`."""
-    return JobParams.from_mapping(json.loads(text))
+    return JobParams.from_mapping(orjson.loads(text))
 
 
 def row_values(row: JobRow) -> dict[str, Any]:

@@ -13,10 +13,10 @@ with the correlation id on every response.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from orchestrator_core import ErrorCode, OrchestratorError
 from starlette.types import Receive, Scope, Send
 
@@ -125,7 +125,7 @@ class Exchange:
         self, content: Any, status: int = 200, headers: dict[str, str] | None = None
     ) -> None:
         """Reply with ``content`` as JSON."""
-        body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+        body = orjson.dumps(content)
         raw = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -21,10 +21,10 @@ job's events are then answered in OpenAI's wire format: ``data:`` chunks ending 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from orchestrator_core import (
@@ -72,9 +72,7 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
 
 
 def _sse(data: dict[str, Any]) -> bytes:
-    return (
-        b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
-    )
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 _DONE = b"data: [DONE]\n\n"
@@ -172,8 +170,8 @@ class _Answer:
                     out.append(_KEEPALIVE)
                 for ev in batch or ():
                     if ev.kind == "token":
-                        text = json.loads(ev.data).get("t", "")
-                        out += (head[0], json.dumps(text, ensure_ascii=False).encode(), head[1])
+                        text = orjson.loads(ev.data).get("t", "")
+                        out += (head[0], orjson.dumps(text), head[1])
                     elif ev.terminal:
                         out += self.ending(ev)
                 if self.finished:

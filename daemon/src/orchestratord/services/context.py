@@ -7,12 +7,12 @@ and hands it to each service; services hold no global state of their own beyond 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from orchestrator_core import OrchestratorConfig, Priority
 from orchestrator_core.retry import RetryPolicy
 
@@ -30,7 +30,7 @@ Clock = Callable[[], float]
 
 def dumps(data: dict[str, Any]) -> str:
     """Compact JSON of an event payload (UTF-8 kept as is)."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+    return orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class TaskGroup:
