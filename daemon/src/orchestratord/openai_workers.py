@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 from orchestrator_core.sse import SseByteDecoder
 
 from orchestratord.workers import (
@@ -80,6 +81,7 @@ from orchestratord.workers import (
     WorkerLost,
     WorkerUnreachable,
     drain_response,
+    loads,
     post_json,
     token_batch,
 )
@@ -353,7 +355,7 @@ class OpenAIWorkerClient:
         events: list[WorkerEvent] = []
         texts: list[str] = []
         first = stream.tokens
-        loads = json.loads
+        fast_loads = orjson.loads
         for _name, raw in blocks:
             if raw[:1] != b"{" and raw.strip() == b"[DONE]":
                 if stream.finish is None:  # e.g. llama-cpp-python interrupting the request
@@ -362,9 +364,12 @@ class OpenAIWorkerClient:
                     stream.done = True
                 break
             try:
-                chunk = loads(raw)
+                chunk = fast_loads(raw)
             except ValueError:
-                continue  # not ours to judge: keep reading
+                try:
+                    chunk = loads(raw)
+                except ValueError:
+                    continue  # not ours to judge: keep reading
             if not isinstance(chunk, dict):
                 continue
             if chunk.get("error") is not None:

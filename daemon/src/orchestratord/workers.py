@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
+import orjson
 from aiohttp import connector as _aiohttp_connector
 from orchestrator_core.jobs import JobParams
 from orchestrator_core.sse import SseByteDecoder
@@ -64,6 +65,7 @@ __all__ = [
     "WorkerLost",
     "WorkerUnreachable",
     "drain_response",
+    "loads",
 ]
 
 
@@ -208,6 +210,7 @@ class HttpSessions:
                 timeout=self.timeout,
                 # SSE is not worth compressing; skipping it saves both ends the work.
                 headers={"Accept-Encoding": "identity"},
+                cookie_jar=aiohttp.DummyCookieJar(),  # an engine's cookies are not ours
                 raise_for_status=False,
             )
         return session
@@ -219,11 +222,31 @@ class HttpSessions:
             await session.close()
 
 
+def loads(raw: bytes) -> Any:
+    """JSON ``raw`` decoded by orjson (several times faster than :func:`json.loads` on an
+    engine's chunks), by :mod:`json` when orjson refuses it (``NaN``, integers beyond 64
+    bits); raises ValueError when neither can."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 def post_json(session: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str]) -> Any:
     """``session.post`` with ``body`` as JSON (encoded once, here); await it for the
     response."""
     headers["Content-Type"] = "application/json"
-    return session.post(url, data=json.dumps(body).encode(), headers=headers)
+    return session.post(url, data=orjson.dumps(body, default=_jsonable), headers=headers)
+
+
+def _jsonable(value: Any) -> Any:
+    """What orjson cannot write by itself: a Mapping that is not a dict (e.g. a chat
+    message), any other iterable as a list."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)) or hasattr(value, "__iter__"):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 async def drain_response(resp: aiohttp.ClientResponse, limit_s: float = _DRAIN_S) -> None:
@@ -250,7 +273,7 @@ def token_batch(first: int, texts: list[str]) -> WorkerEvent:
 
 def _native_event(kind: str, raw: bytes) -> WorkerEvent:
     try:
-        data = json.loads(raw) if raw else {}
+        data = loads(raw) if raw else {}
     except ValueError:
         data = {"raw": raw.decode("utf-8", "replace")}
     if not isinstance(data, dict):
