@@ -84,6 +84,10 @@ class _Host:
         self.api_token = api_token
         self.workers: Any = None
 
+    @property
+    def accepted_tokens(self) -> tuple[str, ...]:
+        return (self.api_token,) if self.api_token else ()
+
     def inventory(self) -> PoolInventory:
         return PoolInventory(pool_id="p", endpoint="http://p", sent_at=1.0)
 

@@ -12,6 +12,8 @@
 
 Errors use the envelope of docs/design/errors.md. When an API token is configured, ``/v2/*`` needs
 ``Authorization: Bearer <token>`` (401 ``UNAUTHORIZED`` without, 403 ``FORBIDDEN`` if wrong).
+The token may be the ``api_token`` or the pool's own orchestrator token (the one it registers
+with): the orchestrator, which knows that token, sends it back on its worker starts and stops.
 """
 
 from __future__ import annotations
@@ -48,21 +50,32 @@ class PoolApiHost(Protocol):
     workers: WorkerManager
     link: OrchestratorLink | None
 
+    @property
+    def accepted_tokens(self) -> tuple[str, ...]:
+        """Bearer tokens the API accepts; empty = no token needed."""
+        ...
+
     def inventory(self) -> PoolInventory:
         """GPUs, workers, models and worker protocols, stamped now."""
         ...
 
 
-def check_bearer_token(request: Request, token: str | None) -> None:
-    """Require ``Authorization: Bearer <token>`` (nothing to check when ``token`` is None):
-    raises ``UNAUTHORIZED`` without a bearer token, ``FORBIDDEN`` for a wrong one."""
-    if token is None:
+def check_bearer_token(request: Request, token: str | Sequence[str] | None) -> None:
+    """Require ``Authorization: Bearer <token>`` (nothing to check when ``token`` is None or
+    empty; a sequence = any of these tokens): raises ``UNAUTHORIZED`` without a bearer token,
+    ``FORBIDDEN`` for a wrong one. Every candidate is compared in constant time."""
+    tokens = [token] if isinstance(token, str) else list(token or ())
+    if not tokens:
         return
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise OrchestratorError("a bearer token is required", code=ErrorCode.UNAUTHORIZED)
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    ok = False
+    for candidate in tokens:  # no early exit
+        if hmac.compare_digest(given.encode(), candidate.encode()):
+            ok = True
+    if not ok:
         raise OrchestratorError("the bearer token is not valid", code=ErrorCode.FORBIDDEN)
 
 
@@ -70,7 +83,7 @@ def create_pool_app(agent: PoolApiHost, extra_routes: Sequence[BaseRoute] = ()) 
     """The Starlette app of ``agent``'s API (plus ``extra_routes``, used by the simulator)."""
 
     def authorize(request: Request) -> None:
-        check_bearer_token(request, agent.api_token)
+        check_bearer_token(request, agent.accepted_tokens)
 
     async def start(request: Request, cid: str) -> Response:
         req = WorkerStartRequest.parse(await read_json(request))

@@ -157,6 +157,15 @@ class PoolAgent:
         return self._server.url
 
     @property
+    def accepted_tokens(self) -> tuple[str, ...]:
+        """Bearer tokens the pool API accepts: none needed without an ``api_token``; with
+        one, the ``api_token`` and the pool's orchestrator ``token`` (the orchestrator knows
+        it — the pool registered with it — and sends it on worker starts and stops)."""
+        if not self.api_token:
+            return ()
+        return tuple(t for t in (self.api_token, self._token) if t)
+
+    @property
     def endpoint(self) -> str:
         """The URL registered with the orchestrator."""
         return self._endpoint or self.url
