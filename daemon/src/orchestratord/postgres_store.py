@@ -35,9 +35,15 @@ Design:
   they never wait for the writer.
 * **Schema** is versioned: :data:`MIGRATIONS` are applied in order at :meth:`open`, in one
   transaction that first takes ``pg_advisory_xact_lock`` — two daemons starting at once on
-  a fresh database do not race — and recorded in ``schema_version``. Later migrations will
-  add the leader lease (with its fencing epoch), the applied scheduler policies and the pool
-  inventory; released migrations are never edited, only appended.
+  a fresh database do not race — and recorded in ``schema_version``. Migration 2 adds the
+  leader lease and its fencing function (:mod:`orchestratord.leadership`); later ones will
+  add the applied scheduler policies and the pool inventory; released migrations are never
+  edited, only appended.
+* **Fenced commits**: ``commit(..., fence=(name, holder, epoch))`` runs ``llorch_fence``
+  first in the transaction; it share-locks the lease row and raises unless that epoch is
+  the current one, so a deposed leader's write is refused atomically with the write itself
+  (:class:`~orchestratord.store.FencedOut`). A batch holding a refused fenced write is
+  retried write by write, so only that write fails.
 * ``seq`` (admission order) is an identity column: a new row gets the next value, an upsert
   of an existing row keeps its value (the sequence may have gaps). Every query is
   parameterised.
@@ -58,6 +64,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from orchestratord.store import (
     DuplicateTerminalEvent,
+    FencedOut,
     JobFilter,
     JobPage,
     JobRow,
@@ -66,7 +73,22 @@ from orchestratord.store import (
     row_values,
 )
 
-__all__ = ["MIGRATION_LOCK", "MIGRATIONS", "PostgresStore"]
+__all__ = ["FENCE_SQL", "FENCED_SQLSTATE", "MIGRATION_LOCK", "MIGRATIONS", "Fence", "PostgresStore"]
+
+Fence = tuple[str, str, int]
+"""A fencing token: (lease name, holder, epoch) — see :mod:`orchestratord.leadership`."""
+
+FENCE_SQL: LiteralString = "SELECT llorch_fence(%s, %s, %s)"
+"""Run first in a transaction, it makes the transaction commit only if the fence's epoch is
+still the lease's current one (else it raises SQLSTATE :data:`FENCED_SQLSTATE`)."""
+
+FENCED_SQLSTATE = "LF001"
+"""The SQLSTATE ``llorch_fence`` raises for a stale epoch."""
+
+_WRITER_IDLE_IN_TX_MS = 2000
+"""``idle_in_transaction_session_timeout`` of the writer's connection: a writer paused
+(SIGSTOP) in the middle of a fenced transaction must not keep its share lock on the lease
+row — which would block every takeover — for longer than this."""
 
 MIGRATION_LOCK = 0x6C6C616D616F7263
 """Key of the transaction-level advisory lock that serialises migrations ("llamaorc")."""
@@ -115,6 +137,35 @@ MIGRATIONS: list[tuple[int, LiteralString]] = [
         );
         CREATE UNIQUE INDEX events_one_terminal ON events (job_id)
             WHERE kind IN ('end', 'error');
+        """,
+    ),
+    (
+        2,
+        # The leader lease (orchestratord.leadership): one row per lease name. Every time
+        # is the database's clock; ``epoch`` grows by one on every acquisition and fences
+        # the leader's writes through llorch_fence() (docs/design/persistence.md).
+        """
+        CREATE TABLE leader_lease (
+            name        TEXT PRIMARY KEY,
+            holder      TEXT,
+            epoch       BIGINT NOT NULL,
+            expires_at  TIMESTAMPTZ,
+            renewed_at  TIMESTAMPTZ
+        );
+        CREATE FUNCTION llorch_fence(p_name TEXT, p_holder TEXT, p_epoch BIGINT)
+        RETURNS VOID LANGUAGE plpgsql AS $fence$
+        BEGIN
+            -- FOR SHARE conflicts with the UPDATE of a takeover: the takeover waits for
+            -- this transaction, or this check waits for the takeover and then fails.
+            PERFORM 1 FROM leader_lease
+                WHERE name = p_name AND holder = p_holder AND epoch = p_epoch FOR SHARE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'fenced out: lease % epoch % of % is not current',
+                    p_name, p_epoch, p_holder
+                    USING ERRCODE = 'LF001';
+            END IF;
+        END
+        $fence$;
         """,
     ),
 ]
@@ -175,6 +226,7 @@ class _Write:
     terminal_jobs: list[str]
     durable: bool
     future: asyncio.Future[None]
+    fence: Fence | None = None
 
 
 class PostgresStore:
@@ -221,7 +273,11 @@ class PostgresStore:
         self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        return await psycopg.AsyncConnection.connect(
+            self.dsn,
+            autocommit=True,
+            options=f"-c idle_in_transaction_session_timeout={_WRITER_IDLE_IN_TX_MS}",
+        )
 
     async def schema_version(self) -> int:
         """The highest applied migration."""
@@ -253,8 +309,15 @@ class PostgresStore:
         jobs: Sequence[JobRow] = (),
         events: Sequence[StoredEvent] = (),
         durable: bool = True,
+        fence: Fence | None = None,
     ) -> None:
-        """See :meth:`orchestratord.store.Store.commit` (group-committed by the writer)."""
+        """See :meth:`orchestratord.store.Store.commit` (group-committed by the writer).
+
+        With ``fence`` (a leader's ``(lease name, holder, epoch)``, from
+        :meth:`orchestratord.leadership.PostgresLease.fence`), the transaction first checks
+        — and share-locks — the lease row: the write commits only if that epoch is still
+        the current one, else nothing is applied and :class:`~orchestratord.store.FencedOut`
+        is raised. Without it the write is not fenced (submissions on any daemon)."""
         if self._writer is None or self._writer.done():
             raise RuntimeError("PostgresStore is not open")
         # Serialise now: the rows may change after we return.
@@ -264,6 +327,7 @@ class PostgresStore:
             terminal_jobs=[e.job_id for e in events if e.terminal],
             durable=durable,
             future=asyncio.get_running_loop().create_future(),
+            fence=fence,
         )
         self._queue.put_nowait(write)
         await write.future
@@ -316,12 +380,15 @@ class PostgresStore:
             self._wconn = conn = await self._connect()
         jobs = [j for w in batch for j in w.jobs]
         events = [e for w in batch for e in w.events]
+        fences = sorted({w.fence for w in batch if w.fence is not None})
         try:
             # Pipeline mode: BEGIN, the statements and COMMIT go out without waiting for
             # each other's replies (one round trip for the whole batch).
             async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
                 if not any(w.durable for w in batch):
                     await cur.execute("SET LOCAL synchronous_commit = off")
+                for fence in fences:  # first: the share lock is held until COMMIT
+                    await cur.execute(FENCE_SQL, fence)
                 if jobs:
                     await cur.executemany(_UPSERT, jobs)
                 if events:
@@ -332,6 +399,10 @@ class PostgresStore:
             found = _KEY_DETAIL.search(exc.diag.message_detail or "")
             job_id = found["job_id"] if found else next(iter(batch[0].terminal_jobs), "")
             raise DuplicateTerminalEvent(job_id) from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate != FENCED_SQLSTATE:
+                raise
+            raise FencedOut(exc.diag.message_primary or str(exc)) from exc
         self.commits += 1
 
     # -- reads ---------------------------------------------------------------------------

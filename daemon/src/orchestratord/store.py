@@ -52,6 +52,12 @@ class DuplicateTerminalEvent(Exception):
     """A store was asked to record a second terminal event for a job (a bug upstream)."""
 
 
+class FencedOut(Exception):
+    """A fenced write was refused: its leader epoch is no longer the lease's current one
+    (another daemon took over). Nothing of the write was applied; the writer must stop
+    acting as leader (docs/design/persistence.md, "Leader lease and fencing")."""
+
+
 @dataclass(slots=True)
 class JobRow:
     """A job as stored: the core job plus the daemon's bookkeeping."""
