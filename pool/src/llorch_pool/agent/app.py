@@ -114,6 +114,8 @@ def create_pool_app(agent: PoolApiHost, extra_routes: Sequence[BaseRoute] = ()) 
             "heartbeats_ok": link.stats.heartbeats_ok if link else 0,
             "link_failures": link.stats.failures if link else 0,
             "last_link_error": link.stats.last_error if link else None,
+            "orchestrator": link.base if link else None,
+            "orchestrator_switches": link.stats.switches if link else 0,
         }
         return JSONResponse(body)
 

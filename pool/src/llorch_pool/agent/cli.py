@@ -4,6 +4,7 @@ Usage::
 
     llorch-pool --config pool.toml            # run; first stdout line = the API's URL
     llorch-pool --config pool.toml --check    # validate the file and exit
+    llorch-pool --config pool.toml --orchestrator http://a:8080 --orchestrator http://b:8080
 
 Exit codes: 0 clean stop (SIGINT/SIGTERM), 2 bad configuration, 1 failure at start.
 """
@@ -33,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         "orchestratord and starts/stops engines on request.",
     )
     parser.add_argument("--config", "-c", required=True, help="TOML configuration file")
+    parser.add_argument(
+        "--orchestrator",
+        action="append",
+        metavar="URL",
+        help="orchestratord URL(s), replacing the file's orchestrator_url; repeat or "
+        "comma-separate for several (HA)",
+    )
     parser.add_argument("--check", action="store_true", help="validate the configuration only")
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.add_argument("--version", action="version", version=f"llorch-pool {__version__}")
@@ -44,11 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = PoolAgentConfig.load(args.config)
+        if args.orchestrator:
+            data = config.model_dump() | {"orchestrator_url": list(args.orchestrator)}
+            config = PoolAgentConfig.from_mapping(data, source="--orchestrator", env={})
     except ConfigInvalid as exc:
         print(f"llorch-pool: invalid configuration: {exc.message}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"{args.config}: ok (pool {config.pool_id}, {len(config.models)} model(s))")
+        urls = ", ".join(config.orchestrator_urls)
+        print(
+            f"{args.config}: ok (pool {config.pool_id}, {len(config.models)} model(s),"
+            f" orchestrator {urls})"
+        )
         return 0
     configure_logging(args.log_level)
 

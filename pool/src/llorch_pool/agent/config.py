@@ -3,7 +3,7 @@
 Example (see docs/pool-agent.md for every key)::
 
     pool_id = "home-1"
-    orchestrator_url = "http://127.0.0.1:8080"
+    orchestrator_url = "http://127.0.0.1:8080"   # or several: ["http://a:8080", "http://b:8080"]
     listen_host = "127.0.0.1"
     listen_port = 9300
     heartbeat_interval_s = 5.0
@@ -32,6 +32,7 @@ environment (``token_env``, default ``LLORCH_POOL_TOKEN``) instead of the file.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,8 +40,16 @@ from typing import Annotated, Any, Literal, Self
 
 from orchestrator_core.config import config_problems, parse_toml, read_toml
 from orchestrator_core.errors import ConfigInvalid
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from llorch_pool.agent.link import split_urls
 from llorch_pool.protocol import WorkerProtocol
 
 __all__ = [
@@ -209,7 +218,12 @@ class PoolAgentConfig(_Section):
     """The whole agent configuration. Times are seconds."""
 
     pool_id: _Id
-    orchestrator_url: Annotated[str, Field(pattern=r"^https?://")]
+    orchestrator_url: (
+        Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]]
+    ) = Field(
+        description="orchestratord URL, or several (a list, or comma-separated): see "
+        "docs/pool-agent.md, 'Several orchestrators (HA)'"
+    )
     token: str | None = Field(default=None, description="Bearer token towards the orchestrator")
     token_env: str | None = "LLORCH_POOL_TOKEN"  # noqa: S105  (a variable name)
     api_token: str | None = Field(
@@ -233,6 +247,17 @@ class PoolAgentConfig(_Section):
         default_factory=dict
     )
     static_workers: list[StaticWorkerConfig] = Field(default_factory=list)
+
+    @field_validator("orchestrator_url")
+    @classmethod
+    def _urls(cls, value: str | list[str]) -> str | list[str]:
+        urls = split_urls(value)
+        if not urls:
+            raise ValueError("at least one URL is required")
+        for url in urls:
+            if not re.match(r"^https?://[^/\s]", url):
+                raise ValueError(f"{url!r} must start with http:// or https://")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -277,6 +302,11 @@ class PoolAgentConfig(_Section):
         """Read and parse the TOML file at ``path``
         (:func:`orchestrator_core.config.read_toml`)."""
         return cls.from_mapping(read_toml(path), source=str(Path(path)), env=env)
+
+    @property
+    def orchestrator_urls(self) -> list[str]:
+        """The orchestrator URLs, in order (see :func:`~llorch_pool.agent.link.split_urls`)."""
+        return split_urls(self.orchestrator_url)
 
     @property
     def endpoint(self) -> str | None:

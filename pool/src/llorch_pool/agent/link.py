@@ -11,6 +11,14 @@ Every call carries ``Authorization: Bearer <token>`` when a token is configured.
 goes out every ``interval_s`` and at once when the worker inventory changed. Failures (the
 orchestrator down, 5xx, 409, 401…) are logged and retried with exponential back-off and
 jitter, capped at ``max_backoff_s``; the link never raises out of :meth:`run`.
+
+Several orchestrators (HA): the link talks to one URL of its list at a time. When that one
+cannot be reached (connection error, timeout) or answers that it cannot take the pool —
+``503`` (any code: ``NOT_LEADER``, a restarting daemon…), ``421`` Misdirected Request,
+``502``/``504`` from a proxy in front of a dead daemon — the link moves on: to the URL named
+by the answer's ``X-Orchestrator-Leader`` header when that URL is one of the configured ones,
+else to the next URL of the list (round robin), after the usual back-off, and registers
+again there. Other refusals (401, 409, 400) are the same on every instance: the link stays.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,11 +37,39 @@ from orchestrator_core.pools import PoolRegistration
 
 from llorch_pool.protocol import PoolInventory
 
-__all__ = ["BeatGate", "LinkStats", "OrchestratorLink"]
+__all__ = [
+    "LEADER_HEADER",
+    "NOT_LEADER",
+    "BeatGate",
+    "LinkStats",
+    "OrchestratorLink",
+    "split_urls",
+]
 
 log = logging.getLogger("llorch_pool.agent.link")
 
 _MIN_EARLY_BEAT_GAP_S = 0.05
+
+LEADER_HEADER = "X-Orchestrator-Leader"
+"""Header of a ``503`` naming the orchestrator URL to try next (the leader, when known)."""
+
+NOT_LEADER = "NOT_LEADER"
+"""Error code of a ``503`` from an orchestrator that is not the leader."""
+
+_MOVE_ON_STATUSES = frozenset({421, 502, 503, 504})
+
+
+def split_urls(urls: str | Sequence[str]) -> list[str]:
+    """Orchestrator URLs from one string (comma-separated) or several (each may hold commas
+    too): stripped, without trailing ``/``, duplicates dropped, order kept."""
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for item in items:
+        for part in item.split(","):
+            url = part.strip().rstrip("/")
+            if url and url not in out:
+                out.append(url)
+    return out
 
 
 class BeatGate(Protocol):
@@ -53,6 +89,7 @@ class LinkStats:
     heartbeats_ok: int = 0
     failures: int = 0
     reregistrations_after_404: int = 0
+    switches: int = 0
     last_error: str | None = None
     last_ok_at: float | None = None
 
@@ -61,13 +98,21 @@ class _LinkError(Exception):
     pass
 
 
+class _MoveOn(_LinkError):
+    """This orchestrator cannot take the pool now: try another (``hint``: which one)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 class OrchestratorLink:
     """Registers the pool and keeps it alive with heartbeats (see the module docstring)."""
 
     def __init__(
         self,
         *,
-        orchestrator_url: str,
+        orchestrator_url: str | Sequence[str],
         pool_id: str,
         inventory: Callable[[], PoolInventory],
         http: httpx.AsyncClient,
@@ -79,7 +124,10 @@ class OrchestratorLink:
         changed: asyncio.Event | None = None,
         gate: BeatGate | None = None,
     ) -> None:
-        self.base = orchestrator_url.rstrip("/")
+        self.urls = split_urls(orchestrator_url)
+        if not self.urls:
+            raise ValueError("at least one orchestrator URL is required")
+        self._index = 0
         self.pool_id = pool_id
         self.interval_s = interval_s
         self.max_backoff_s = max_backoff_s
@@ -93,6 +141,29 @@ class OrchestratorLink:
         self._changed = changed
         self._gate = gate
         self._consecutive_failures = 0
+
+    @property
+    def base(self) -> str:
+        """The orchestrator URL the link talks to now."""
+        return self.urls[self._index]
+
+    def _move_on(self, hint: str | None) -> None:
+        """Switch to ``hint`` (when it is one of :attr:`urls`) or to the next URL; the pool
+        registers again there."""
+        if len(self.urls) == 1:
+            return
+        hinted = split_urls(hint)[0] if hint and split_urls(hint) else None
+        if hinted is not None and hinted in self.urls and hinted != self.base:
+            target = self.urls.index(hinted)
+        else:
+            if hinted is not None and hinted not in self.urls:
+                log.warning("ignoring %s %r: not a configured orchestrator", LEADER_HEADER, hint)
+            target = (self._index + 1) % len(self.urls)
+        previous = self.base
+        self._index = target
+        self.registered = False
+        self.stats.switches += 1
+        log.info("orchestrator link: moving from %s to %s", previous, self.base)
 
     def backoff_s(self, failures: int) -> float:
         """Delay before the next try after ``failures`` consecutive failures (0.5 s doubling,
@@ -114,8 +185,14 @@ class OrchestratorLink:
                     await self.heartbeat()
                 self._consecutive_failures = 0
                 self.stats.last_ok_at = time.time()
+            except _MoveOn as exc:
+                delay = self._failed(str(exc))
+                self._move_on(exc.hint)
             except _LinkError as exc:
                 delay = self._failed(str(exc))
+            except httpx.TransportError as exc:
+                delay = self._failed(f"orchestrator {self.base} unreachable: {exc!r}")
+                self._move_on(None)
             except httpx.HTTPError as exc:
                 delay = self._failed(f"orchestrator unreachable: {exc!r}")
             except Exception as exc:  # a bug here must not kill the pool
@@ -165,7 +242,7 @@ class OrchestratorLink:
             f"{self.base}/v2/pools/register", json=body, headers=self._headers, timeout=10.0
         )
         if response.status_code >= 300:
-            raise _LinkError(f"registration refused: {_describe(response)}")
+            _refused("registration", response, self.base)
         self.registered = True
         self.stats.registrations += 1
         log.info("registered pool %s with %s", self.pool_id, self.base)
@@ -184,7 +261,7 @@ class OrchestratorLink:
             log.warning("orchestrator does not know pool %s: registering again", self.pool_id)
             return
         if response.status_code >= 300:
-            raise _LinkError(f"heartbeat refused: {_describe(response)}")
+            _refused("heartbeat", response, self.base)
         self.stats.heartbeats_ok += 1
 
     async def unregister(self, timeout_s: float = 2.0) -> bool:
@@ -200,6 +277,15 @@ class OrchestratorLink:
             return False
         self.registered = False
         return response.status_code < 300
+
+
+def _refused(what: str, response: httpx.Response, base: str) -> None:
+    """Raise the failure for a refused call: :class:`_MoveOn` for the answers that mean
+    "not here" (see the module docstring), :class:`_LinkError` for the others."""
+    message = f"{what} refused by {base}: {_describe(response)}"
+    if response.status_code in _MOVE_ON_STATUSES:
+        raise _MoveOn(message, response.headers.get(LEADER_HEADER))
+    raise _LinkError(message)
 
 
 def _describe(response: httpx.Response) -> str:

@@ -55,7 +55,7 @@ class PoolAgent:
         self,
         *,
         pool_id: str,
-        orchestrator_url: str,
+        orchestrator_url: str | Sequence[str],
         gpus: Sequence[GpuSpec],
         launcher: EngineLauncher,
         token: str | None = None,
@@ -130,7 +130,7 @@ class PoolAgent:
         ]
         return cls(
             pool_id=config.pool_id,
-            orchestrator_url=config.orchestrator_url,
+            orchestrator_url=config.orchestrator_urls,
             gpus=gpus,
             launcher=launcher,
             token=config.token,

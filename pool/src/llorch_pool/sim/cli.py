@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(e)
 
     p = sub.add_parser("pool", help="run one simulated pool")
-    p.add_argument("--orchestrator", required=True, help="orchestratord base URL")
+    p.add_argument(
+        "--orchestrator",
+        required=True,
+        action="append",
+        help="orchestratord base URL; repeat or comma-separate for several (HA)",
+    )
     p.add_argument("--pool-id", required=True)
     p.add_argument("--gpus", type=int, default=1)
     p.add_argument("--vram-gb", type=float, default=24.0, help="VRAM per simulated GPU")

@@ -249,7 +249,7 @@ class SimulatedPool(PoolAgent):
         self,
         *,
         pool_id: str,
-        orchestrator_url: str,
+        orchestrator_url: str | Sequence[str],
         models: Sequence[SimModel],
         gpus: int = 1,
         vram_bytes_per_gpu: int = 24 * _GB,
