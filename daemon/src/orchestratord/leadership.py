@@ -29,14 +29,14 @@ database. A process paused (SIGSTOP, a long GC, a VM freeze) wakes up *after* it
 **Fencing.** The local deadline cannot stop a write that was already on its way when the
 pause began. So every write only a leader may make carries the leader's fencing token
 ``(name, holder, epoch)`` (:meth:`PostgresLease.fence`) and is committed through
-``PostgresStore.commit(..., fence=token)``: the same transaction first runs
-``llorch_fence(name, holder, epoch)``, which share-locks the lease row and raises SQLSTATE
-``LF001`` (:class:`~orchestratord.store.FencedOut`) unless that epoch is still the current
-one. The share lock conflicts with a takeover's ``UPDATE``: either the write commits before
-the takeover, or the takeover commits first and the write is refused — there is no window
-between the check and the write. (The writer's connection has a short
-``idle_in_transaction_session_timeout``, so a writer paused mid-transaction cannot hold that
-lock and block takeovers for long.)
+``PostgresStore.commit(..., fence=token)``: the same transaction runs
+``llorch_fence(name, holder, epoch)``, which refuses a stale epoch at once (SQLSTATE
+``LF001``, :class:`~orchestratord.store.FencedOut`) and files a claim checked again *at
+COMMIT* by a deferred constraint trigger, under a share lock on the lease row. That lock
+conflicts with a takeover's ``UPDATE``: either the takeover committed first and the COMMIT
+is refused (nothing applied), or the takeover waits for the commit — no window between the
+check and the write. The lock is taken and released inside the server's COMMIT processing,
+so a writer paused in the middle of its transaction holds nothing that blocks a takeover.
 
 **What is guaranteed:** at most one holder per epoch, epochs strictly increase, and once
 epoch ``e + 1`` is acquired no write fenced with ``e`` or lower commits. **What is not:**

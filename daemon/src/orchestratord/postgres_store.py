@@ -40,8 +40,9 @@ Design:
   add the applied scheduler policies and the pool inventory; released migrations are never
   edited, only appended.
 * **Fenced commits**: ``commit(..., fence=(name, holder, epoch))`` runs ``llorch_fence``
-  first in the transaction; it share-locks the lease row and raises unless that epoch is
-  the current one, so a deposed leader's write is refused atomically with the write itself
+  in the transaction; it refuses a stale epoch at once and checks it again at ``COMMIT``
+  (a deferred constraint trigger, under a share lock on the lease row), so a deposed
+  leader's write is refused atomically with the write itself
   (:class:`~orchestratord.store.FencedOut`). A batch holding a refused fenced write is
   retried write by write, so only that write fails.
 * ``seq`` (admission order) is an identity column: a new row gets the next value, an upsert
@@ -79,16 +80,12 @@ Fence = tuple[str, str, int]
 """A fencing token: (lease name, holder, epoch) — see :mod:`orchestratord.leadership`."""
 
 FENCE_SQL: LiteralString = "SELECT llorch_fence(%s, %s, %s)"
-"""Run first in a transaction, it makes the transaction commit only if the fence's epoch is
-still the lease's current one (else it raises SQLSTATE :data:`FENCED_SQLSTATE`)."""
+"""Run in a transaction, it makes the transaction commit only if the fence's epoch is still
+the lease's current one at COMMIT (else the statement, or the COMMIT, raises SQLSTATE
+:data:`FENCED_SQLSTATE` and nothing is applied)."""
 
 FENCED_SQLSTATE = "LF001"
 """The SQLSTATE ``llorch_fence`` raises for a stale epoch."""
-
-_WRITER_IDLE_IN_TX_MS = 2000
-"""``idle_in_transaction_session_timeout`` of the writer's connection: a writer paused
-(SIGSTOP) in the middle of a fenced transaction must not keep its share lock on the lease
-row — which would block every takeover — for longer than this."""
 
 MIGRATION_LOCK = 0x6C6C616D616F7263
 """Key of the transaction-level advisory lock that serialises migrations ("llamaorc")."""
@@ -152,18 +149,52 @@ MIGRATIONS: list[tuple[int, LiteralString]] = [
             expires_at  TIMESTAMPTZ,
             renewed_at  TIMESTAMPTZ
         );
-        CREATE FUNCTION llorch_fence(p_name TEXT, p_holder TEXT, p_epoch BIGINT)
-        RETURNS VOID LANGUAGE plpgsql AS $fence$
+        -- A fenced transaction calls llorch_fence() first: it fails fast on a stale epoch
+        -- and files a claim whose deferred constraint trigger checks the epoch again AT
+        -- COMMIT, under a share lock on the lease row. The lock is taken and released
+        -- inside the server's COMMIT processing, so a writer paused mid-transaction
+        -- (SIGSTOP) holds no lock that would block a takeover; and a takeover either
+        -- commits before that check (the write is refused) or waits for the commit.
+        CREATE UNLOGGED TABLE leader_fence_claims (
+            id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name    TEXT NOT NULL,
+            holder  TEXT NOT NULL,
+            epoch   BIGINT NOT NULL
+        );
+        CREATE FUNCTION llorch_fence_check(p_name TEXT, p_holder TEXT, p_epoch BIGINT,
+                                           p_lock BOOLEAN)
+        RETURNS VOID LANGUAGE plpgsql AS $check$
         BEGIN
-            -- FOR SHARE conflicts with the UPDATE of a takeover: the takeover waits for
-            -- this transaction, or this check waits for the takeover and then fails.
-            PERFORM 1 FROM leader_lease
-                WHERE name = p_name AND holder = p_holder AND epoch = p_epoch FOR SHARE;
+            IF p_lock THEN
+                PERFORM 1 FROM leader_lease
+                    WHERE name = p_name AND holder = p_holder AND epoch = p_epoch FOR SHARE;
+            ELSE
+                PERFORM 1 FROM leader_lease
+                    WHERE name = p_name AND holder = p_holder AND epoch = p_epoch;
+            END IF;
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'fenced out: lease % epoch % of % is not current',
                     p_name, p_epoch, p_holder
                     USING ERRCODE = 'LF001';
             END IF;
+        END
+        $check$;
+        CREATE FUNCTION llorch_fence_at_commit() RETURNS TRIGGER LANGUAGE plpgsql AS $trg$
+        BEGIN
+            PERFORM llorch_fence_check(NEW.name, NEW.holder, NEW.epoch, TRUE);
+            DELETE FROM leader_fence_claims WHERE id = NEW.id;
+            RETURN NULL;
+        END
+        $trg$;
+        CREATE CONSTRAINT TRIGGER leader_fence_claims_at_commit
+            AFTER INSERT ON leader_fence_claims DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION llorch_fence_at_commit();
+        CREATE FUNCTION llorch_fence(p_name TEXT, p_holder TEXT, p_epoch BIGINT)
+        RETURNS VOID LANGUAGE plpgsql AS $fence$
+        BEGIN
+            PERFORM llorch_fence_check(p_name, p_holder, p_epoch, FALSE);
+            INSERT INTO leader_fence_claims (name, holder, epoch)
+                VALUES (p_name, p_holder, p_epoch);
         END
         $fence$;
         """,
@@ -273,11 +304,7 @@ class PostgresStore:
         self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(
-            self.dsn,
-            autocommit=True,
-            options=f"-c idle_in_transaction_session_timeout={_WRITER_IDLE_IN_TX_MS}",
-        )
+        return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
 
     async def schema_version(self) -> int:
         """The highest applied migration."""
@@ -387,7 +414,7 @@ class PostgresStore:
             async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
                 if not any(w.durable for w in batch):
                     await cur.execute("SET LOCAL synchronous_commit = off")
-                for fence in fences:  # first: the share lock is held until COMMIT
+                for fence in fences:  # checked now and again at COMMIT
                     await cur.execute(FENCE_SQL, fence)
                 if jobs:
                     await cur.executemany(_UPSERT, jobs)

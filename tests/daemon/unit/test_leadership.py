@@ -167,25 +167,37 @@ async def test_a_deposed_leaders_fenced_commit_is_refused_and_writes_nothing(
     assert await store.last_event_id("job-0001") == 1
 
 
-async def test_a_fenced_transaction_and_a_takeover_are_serialised(
+async def test_a_fenced_transaction_is_checked_again_at_commit(
     leases: LeaseFactory, postgres_dsn: str
 ) -> None:
-    """The fence's share lock makes a takeover wait for the fenced transaction: no write can
-    slip in between the check and the commit."""
+    """A leader paused in the middle of a fenced transaction holds no lock that blocks the
+    takeover, and its COMMIT is refused; a fenced COMMIT before the takeover goes through."""
     a, b = leases(instance_id="a"), leases(instance_id="b")
     assert await a.try_acquire() == 1
     await asyncio.sleep(TTL + 0.05)  # expired, not yet taken over
+    fence_a = ("orchestratord", "a", 1)
     async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT llorch_fence(%s, %s, %s)", ("orchestratord", "a", 1))
-            takeover = asyncio.create_task(b.try_acquire())
-            await asyncio.sleep(0.15)
-            assert not takeover.done()  # blocked behind the fenced transaction
+        async with conn.transaction():  # commits: nobody took over yet
+            await conn.execute("SELECT llorch_fence(%s, %s, %s)", fence_a)
             await conn.execute("CREATE TABLE written_under_epoch_1 (x int)")
-        assert await takeover == 2
+
+        async def paused_write() -> None:
+            async with conn.transaction():
+                await conn.execute("SELECT llorch_fence(%s, %s, %s)", fence_a)
+                await conn.execute("INSERT INTO written_under_epoch_1 VALUES (1)")
+                # The writer "pauses" here; the takeover is not blocked by it.
+                assert await asyncio.wait_for(b.try_acquire(), 2) == 2
+
         with pytest.raises(psycopg.Error) as refused:
-            await conn.execute("SELECT llorch_fence(%s, %s, %s)", ("orchestratord", "a", 1))
-        assert refused.value.sqlstate == "LF001"
+            await paused_write()
+        assert refused.value.sqlstate == "LF001"  # raised by the COMMIT
+        cur = await conn.execute("SELECT count(*) FROM written_under_epoch_1")
+        assert await cur.fetchone() == (0,)
+        cur = await conn.execute("SELECT count(*) FROM leader_fence_claims")
+        assert await cur.fetchone() == (0,)  # claims do not pile up
+        with pytest.raises(psycopg.Error) as early:
+            await conn.execute("SELECT llorch_fence(%s, %s, %s)", fence_a)
+        assert early.value.sqlstate == "LF001"  # a stale epoch fails fast too
 
 
 async def test_release_hands_the_lease_over_at_once(
