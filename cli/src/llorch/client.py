@@ -10,6 +10,19 @@ fields this build does not know (a newer daemon may add some).
 Event streams (:meth:`OrchestratorClient.events`) reconnect when the connection drops before
 the job's terminal event, sending ``Last-Event-ID`` so the daemon replays only what was missed;
 events the daemon replays anyway (ids not above the last one seen) are skipped.
+
+Several orchestrators (HA daemons on one database: any instance serves every call). The
+client uses one URL until it fails, then the next (and stays there). A request is retried on
+the next URL when it could not have had any effect, or when repeating it is harmless:
+
+* a connection that failed before the request was sent (``ConnectError``, ``ConnectTimeout``,
+  ``PoolTimeout``): every request, ``POST /v2/tasks`` included;
+* any other transport failure (a timeout or reset after sending), or a ``502``/``503``/``504``
+  answer (a proxy in front of a dead instance, a daemon starting or stopping): ``GET``,
+  ``PUT`` and ``DELETE`` only. A ``POST`` is never sent twice — the daemon may have queued
+  the job — and the error is shown instead (no duplicate jobs).
+
+An event stream that drops reconnects to the next URL with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -17,10 +30,10 @@ from __future__ import annotations
 import time
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from orchestrator_core import (
@@ -44,6 +57,14 @@ TERMINAL_EVENTS = frozenset({"end", "error"})
 """SSE event types that end a job's stream (exactly one of them, exactly once)."""
 
 M = TypeVar("M", bound=BaseModel)
+
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+"""Transport failures that happen before any byte of the request left: always retryable."""
+
+_NEXT_URL_STATUSES = frozenset({502, 503, 504})
+"""Answers that say "this instance cannot serve now" (retryable for idempotent requests)."""
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +154,7 @@ class OrchestratorClient:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         token: str | None = None,
         timeout_s: float = 10.0,
@@ -145,13 +166,16 @@ class OrchestratorClient:
         headers = {"User-Agent": f"llorch/{__version__}", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.base_url = base_url.rstrip("/")
+        raw = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.urls = [u.strip().rstrip("/") for item in raw for u in item.split(",") if u.strip()]
+        if not self.urls:
+            raise ValueError("at least one orchestratord URL is required")
+        self._index = 0
         self.timeout_s = timeout_s
         self.max_reconnects = max_reconnects
         self.reconnect_delay_s = reconnect_delay_s
         self._sleep = sleep
         self._http = httpx.Client(
-            base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout_s),
             transport=transport,
@@ -177,14 +201,56 @@ class OrchestratorClient:
 
     # -- plumbing ------------------------------------------------------------------------------
 
+    @property
+    def base_url(self) -> str:
+        """The orchestratord URL in use (the first one until it fails)."""
+        return self.urls[self._index]
+
+    def _next_url(self) -> None:
+        self._index = (self._index + 1) % len(self.urls)
+
+    def _path(self, url: str) -> str:
+        """``url`` as a path when it is absolute on one of our URLs (any instance serves it)."""
+        parts = urlsplit(url)
+        if not parts.scheme:
+            return url
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if any(u == origin or u.startswith(origin + "/") for u in self.urls):
+            base_path = urlsplit(self.base_url).path
+            path = parts.path[len(base_path) :] if parts.path.startswith(base_path) else parts.path
+            return path + (f"?{parts.query}" if parts.query else "")
+        return url
+
+    def _url(self, path: str) -> str:
+        return path if urlsplit(path).scheme else self.base_url + path
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise DaemonUnreachable(self.base_url, _reason(exc)) from None
-        if response.status_code >= 400:
-            raise self._api_error(response)
-        return response
+        """One request, moved to the next URL when that is safe (see the module docstring)."""
+        retry_any_failure = method.upper() in _IDEMPOTENT
+        tried: list[str] = []
+        reasons: list[str] = []
+        while True:
+            url = self.base_url
+            tried.append(url)
+            more = len(tried) < len(self.urls)
+            try:
+                response = self._http.request(method, self._url(path), **kwargs)
+            except httpx.TransportError as exc:
+                reasons.append(_reason(exc))
+                if more and (retry_any_failure or isinstance(exc, _NOT_SENT)):
+                    self._next_url()
+                    continue
+                if len(tried) > 1:
+                    raise DaemonUnreachable(", ".join(tried), "; ".join(reasons)) from None
+                raise DaemonUnreachable(url, reasons[0]) from None
+            if more and retry_any_failure and response.status_code in _NEXT_URL_STATUSES:
+                response.close()
+                reasons.append(f"HTTP {response.status_code}")
+                self._next_url()
+                continue
+            if response.status_code >= 400:
+                raise self._api_error(response)
+            return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._request(method, path, **kwargs)
@@ -287,9 +353,10 @@ class OrchestratorClient:
         :class:`~llorch.errors.StreamLost`. A daemon unreachable at the first attempt raises
         :class:`~llorch.errors.DaemonUnreachable` at once.
         """
-        url = events_url or f"/v2/tasks/{quote(job_id, safe='')}/events"
+        url = self._path(events_url or f"/v2/tasks/{quote(job_id, safe='')}/events")
         last = last_event_id
         failures = 0
+        unreachable = 0  # URLs that refused the connection before any event came
         received_any = False
         retry_ms: int | None = None
         timeout = httpx.Timeout(self.timeout_s, read=None)  # tokens may be slow to come
@@ -298,13 +365,18 @@ class OrchestratorClient:
             if last is not None:
                 headers["Last-Event-ID"] = last
             try:
-                with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
+                with self._http.stream(
+                    "GET", self._url(url), headers=headers, timeout=timeout
+                ) as response:
                     if response.status_code >= 400:
                         response.read()
                         error = self._api_error(response)
                         # A daemon that restarts answers 502/503 for a moment: retry those
-                        # once the stream had started; anything else is final.
-                        if not (received_any and error.http_status in (502, 503, 504)):
+                        # once the stream had started, or on another URL; else it is final.
+                        several = len(self.urls) > 1
+                        if not (
+                            (received_any or several) and error.http_status in _NEXT_URL_STATUSES
+                        ):
                             raise error
                         raise _Transient(str(error))
                     decoder = SseDecoder()
@@ -328,10 +400,16 @@ class OrchestratorClient:
                 reason = "the stream ended before the job's terminal event"
             except httpx.TransportError as exc:
                 if not received_any and failures == 0 and isinstance(exc, httpx.ConnectError):
-                    raise DaemonUnreachable(self.base_url, _reason(exc)) from None
+                    unreachable += 1
+                    if unreachable >= len(self.urls):
+                        raise DaemonUnreachable(", ".join(self.urls), _reason(exc)) from None
+                    self._next_url()  # try the next instance at once
+                    continue
                 reason = _reason(exc)
             except _Transient as exc:
                 reason = str(exc)
+            if len(self.urls) > 1:
+                self._next_url()  # resume on the next instance, with Last-Event-ID
             failures += 1
             if failures > self.max_reconnects:
                 raise StreamLost(job_id, last, reason)

@@ -76,7 +76,7 @@ class Session:
         if self._client is None:
             s = self.settings()
             self._client = OrchestratorClient(
-                s.base_url,
+                s.urls,
                 token=s.token_value,
                 timeout_s=s.timeout_s,
                 transport=self.seams.transport,

@@ -8,7 +8,7 @@ mappings, the file as text, so tests need no monkeypatching.
 
 The config file is TOML with three optional keys::
 
-    url = "http://gpu-box:8080"
+    url = "http://gpu-box:8080"   # or several (HA): "http://a:8080,http://b:8080" or a list
     token = "…"            # sent as "Authorization: Bearer …"; shown only as a fingerprint
     timeout = 10.0         # seconds for connecting and for each non-streaming request
 """
@@ -68,8 +68,13 @@ class ClientSettings:
 
     @property
     def base_url(self) -> str:
-        """The daemon's base URL, without a trailing slash."""
+        """The daemon's base URL(s), without trailing slashes (comma-separated when several)."""
         return str(self.url.value)
+
+    @property
+    def urls(self) -> list[str]:
+        """Every configured orchestratord URL, in order (several with HA daemons)."""
+        return self.base_url.split(",")
 
     @property
     def token_value(self) -> str | None:
@@ -111,9 +116,24 @@ def default_config_path(env: Mapping[str, str]) -> Path:
 
 
 def _check_url(raw: Any, source: str) -> str:
-    if not isinstance(raw, str) or not raw.strip():
-        raise UsageProblem(f"url ({source}): must be a non-empty string, got {raw!r}")
-    url = raw.strip().rstrip("/")
+    """One URL, or several (comma-separated, or a TOML list): normalised and joined by commas
+    without spaces; duplicates dropped."""
+    items = raw if isinstance(raw, list) and raw else [raw]
+    urls: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise UsageProblem(f"url ({source}): must be a non-empty string, got {raw!r}")
+        for part in item.split(","):
+            url = _check_one_url(part, raw, source)
+            if url not in urls:
+                urls.append(url)
+    return ",".join(urls)
+
+
+def _check_one_url(part: str, raw: Any, source: str) -> str:
+    if not part.strip():
+        raise UsageProblem(f"url ({source}): empty URL in {raw!r}")
+    url = part.strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageProblem(f"url ({source}): must look like http://host:port, got {raw!r}")
