@@ -105,7 +105,11 @@ def root(  # noqa: PLR0917  # typer passes options positionally
     ctx: typer.Context,
     url: Annotated[
         str | None,
-        typer.Option("--url", metavar="URL", help="orchestratord address (env LLORCH_URL)."),
+        typer.Option(
+            "--url",
+            metavar="URL[,URL…]",
+            help="orchestratord address; several comma-separated for HA daemons (env LLORCH_URL).",
+        ),
     ] = None,
     token: Annotated[
         str | None,
