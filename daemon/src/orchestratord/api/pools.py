@@ -36,7 +36,9 @@ def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
     async def register_pool(request: Request) -> PoolInfo:
         who = auth.authenticate(request.headers.get("authorization"), "pool")
         reg = PoolRegistration.parse(await read_body(request, limit))
-        return orch.fleet.register(reg, who)
+        info = orch.fleet.register(reg, who)
+        await orch.ctx.cluster.settled()  # the client reads its own write
+        return info
 
     @api.post(
         "/v2/pools/{pool_id}/heartbeat",
@@ -48,7 +50,9 @@ def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
     async def heartbeat(request: Request, pool_id: str) -> PoolInfo:
         who = auth.authenticate(request.headers.get("authorization"), "pool")
         beat = PoolHeartbeat.parse(await read_body(request, limit))
-        return orch.fleet.heartbeat(pool_id, beat, who)
+        info = orch.fleet.heartbeat(pool_id, beat, who)
+        await orch.ctx.cluster.settled()  # the client reads its own write
+        return info
 
     @api.delete(
         "/v2/pools/{pool_id}",
@@ -58,7 +62,9 @@ def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
     )
     async def unregister_pool(request: Request, pool_id: str) -> PoolInfo:
         who = auth.authenticate(request.headers.get("authorization"), "pool")
-        return orch.fleet.unregister(pool_id, who)
+        info = orch.fleet.unregister(pool_id, who)
+        await orch.ctx.cluster.settled()  # the client reads its own write
+        return info
 
     @api.get("/v2/pools", response_model=PoolList, responses=errors())
     async def list_pools(request: Request) -> PoolList:

@@ -219,6 +219,7 @@ class Admission:
             priority=str(job.priority),
             position=decision.position,
         )
+        await self.ctx.cluster.settled()  # 202 once the job is in the model (read your write)
         self.ctx.changed()
         position = self.ctx.cluster.position(job.job_id)
         return TaskSubmitResponse(

@@ -101,6 +101,12 @@ class Cluster:
         """Until no policy call reads the state (changes apply at once again)."""
         await self._thawed.wait()
 
+    async def settled(self) -> None:
+        """Until every change made so far is applied to the state: a route that changed the
+        model awaits this before answering, so its client reads its own writes."""
+        if self._frozen:
+            await self._thawed.wait()
+
     # -- the daemon's events, in the model's words -----------------------------------------
 
     def enqueue(self, job: Job) -> None:

@@ -81,6 +81,15 @@ class EventWriter:
             await asyncio.wait({a.inflight[0][0]})
         return True
 
+    def store_row(self, a: ActiveJob) -> None:
+        """Commit ``a``'s row (as it is now) in the job's pipeline, without waiting: the
+        events emitted after it are published only once it is stored."""
+        if a.terminal_sent or a.closing or a.write_failed:
+            return
+        commit = asyncio.ensure_future(self.store.commit(jobs=[a.row], durable=False))
+        a.inflight.append((commit, None))
+        commit.add_done_callback(lambda _f: self.publish_committed(a))
+
     def publish_committed(self, a: ActiveJob) -> None:
         """Publish the committed events at the head of ``a``'s pipeline."""
         while a.inflight and a.inflight[0][0].done():
@@ -96,7 +105,7 @@ class EventWriter:
                     )
                     self.on_write_failed(a)
                 continue
-            if not a.write_failed and not a.terminal_sent:
+            if event is not None and not a.write_failed and not a.terminal_sent:
                 a.stream.publish(event)
 
     async def drain(self, a: ActiveJob) -> None:

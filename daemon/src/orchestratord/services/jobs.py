@@ -49,7 +49,7 @@ class ActiveJob:
     explanation: dict[str, Any] | None = None
     last_reserved: int = 0
     """Highest event id handed out (published, or committing in ``inflight``)."""
-    inflight: deque[tuple[asyncio.Future[None], StoredEvent]] = field(default_factory=deque)
+    inflight: deque[tuple[asyncio.Future[None], StoredEvent | None]] = field(default_factory=deque)
     """Events being committed, in id order; each is published once it and all before it are
     committed."""
     closing: bool = False

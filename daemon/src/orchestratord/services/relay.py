@@ -114,7 +114,7 @@ class Relay:
         )
         lifecycle = self.lifecycle
         try:
-            await self.ctx.store.commit(jobs=[a.row], durable=False)
+            self.events.store_row(a)  # running, on this worker: stored before any event
             stream = self.ctx.worker_client.execute(
                 uri, request, correlation_id=a.row.correlation_id
             )

@@ -99,6 +99,8 @@ class Views:
     async def status(self, job_id: str, principal: Principal) -> JobStatusResponse:
         """``GET /v2/tasks/{id}``; JOB_NOT_FOUND for unknown ids and other tenants' jobs."""
         row = await self.lookup(job_id, principal)
+        if row.job.status is JobStatus.QUEUED:
+            await self.ctx.cluster.settled()  # explained by the model as of now
         return self.response(row, self.ctx.jobs.visible(job_id))
 
     async def list_jobs(
