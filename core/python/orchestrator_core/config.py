@@ -32,6 +32,7 @@ __all__ = [
     "HeartbeatConfig",
     "ModelEntry",
     "OrchestratorConfig",
+    "HaConfig",
     "PersistenceConfig",
     "QueueConfig",
     "RetryConfig",
@@ -169,6 +170,25 @@ class PersistenceConfig(_Section):
         return self
 
 
+class HaConfig(_Section):
+    """``[ha]``: several orchestratord on one PostgreSQL (``persistence.backend =
+    "postgres"``). One instance leads — it holds a lease on the database and runs the
+    queue, scheduling and dispatch; the others are followers, ready to take over."""
+
+    lease_ttl_s: Annotated[float, Field(ge=0.5, le=300)] | None = None
+    """How long a lease lives without renewal (default: ``heartbeat.interval_s``, at most
+    30 s): a follower takes over within about 1.3 times this after the leader died."""
+    advertise_url: str | None = None
+    """This instance's URL as clients and pool agents reach it, sent to them as the leader's
+    address by followers (``X-Orchestrator-Leader``); default ``http://<host>:<port>``."""
+
+    def ttl_s(self, heartbeat: HeartbeatConfig) -> float:
+        """The lease's lifetime for a daemon with this ``heartbeat`` section."""
+        if self.lease_ttl_s is not None:
+            return self.lease_ttl_s
+        return max(0.5, min(heartbeat.interval_s, 30.0))
+
+
 class ClientAuth(_Section):
     """One client token, optionally bound to a tenant (platform mode)."""
 
@@ -231,6 +251,7 @@ class OrchestratorConfig(_Section):
     timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
     eviction: EvictionConfig = Field(default_factory=EvictionConfig)
     persistence: PersistenceConfig = Field(default_factory=PersistenceConfig)
+    ha: HaConfig = Field(default_factory=HaConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     models: list[ModelEntry] = Field(default_factory=list)
     tenants: list[TenantConfig] = Field(default_factory=list)

@@ -71,6 +71,8 @@ class ErrorCode(StrEnum):
     CANCELLED = "CANCELLED"
     SCHEDULER_ERROR = "SCHEDULER_ERROR"
     INTERNAL = "INTERNAL"
+    NOT_LEADER = "NOT_LEADER"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
     @property
     def http_status(self) -> int | None:
@@ -106,6 +108,8 @@ _HTTP_STATUS: Mapping[ErrorCode, int | None] = {
     ErrorCode.CANCELLED: None,
     ErrorCode.SCHEDULER_ERROR: 500,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.NOT_LEADER: 503,
+    ErrorCode.STORE_UNAVAILABLE: 503,
 }
 
 

@@ -9,12 +9,18 @@ can answer. See :mod:`orchestratord.api` for the routes and the error envelope.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from orchestrator_core import OrchestratorConfig, PoolHeartbeat, PoolRegistration, TaskSubmitRequest
+from orchestrator_core import (
+    OrchestratorConfig,
+    OrchestratorError,
+    PoolHeartbeat,
+    PoolRegistration,
+    TaskSubmitRequest,
+)
 from orchestrator_core.openai import ChatCompletionRequest, CompletionRequest
 from orchestrator_core.scheduling.scheduler import SchedulerRegistry
 
@@ -68,6 +74,23 @@ def default_worker_client() -> WorkerClient:
     )
 
 
+_FOLLOWER_READS = ("GET", "HEAD")
+
+
+def follower_guard(orch: Orchestrator) -> Callable[[str, str], OrchestratorError | None]:
+    """A follower answers reads (except live event streams) and refuses the rest with
+    ``503 NOT_LEADER`` (see :mod:`orchestratord.roles`)."""
+
+    def guard(method: str, path: str) -> OrchestratorError | None:
+        if orch.leading:
+            return None
+        if method in _FOLLOWER_READS and not path.endswith("/events"):
+            return None
+        return orch.roles.refuse()
+
+    return guard
+
+
 def create_app(
     config: OrchestratorConfig,
     *,
@@ -82,15 +105,27 @@ def create_app(
     lifespan (``app.state.orchestrator`` is the :class:`Orchestrator`). ``scheduler_registry``
     names the policies ``scheduler.policy`` may choose (default: the core's built-ins).
     Raises :class:`ConfigInvalid` for a policy no scheduler is registered for."""
+    built: list[Orchestrator] = []
+
+    def registered_fingerprint(endpoint: str) -> str | None:
+        """The fingerprint of the token the pool at ``endpoint`` registered with."""
+        for o in built:
+            for pool in o.ctx.cluster.pools():
+                if pool.endpoint == endpoint:
+                    return o.fleet.pool_tokens.get(pool.pool_id)
+        return None
+
     orch = Orchestrator(
         config,
         store=store if store is not None else default_store(config),
         worker_client=worker_client or default_worker_client(),
-        pool_client=pool_client or HttpPoolAgentClient(),
+        pool_client=pool_client
+        or HttpPoolAgentClient.for_config(config, registered_fingerprint=registered_fingerprint),
         clock=clock,
         metrics=metrics,
         scheduler_registry=scheduler_registry,
     )
+    built.append(orch)
     auth = Authenticator(config)
 
     @asynccontextmanager
@@ -132,5 +167,7 @@ def create_app(
     # The hot routes are answered before anything of FastAPI's (its error pages, body limit,
     # routing): the fast lane has its own, with the same contract.
     exact, param = hot_routes(orch, auth)
-    app.middleware_stack = FastLane(app.build_middleware_stack(), exact=exact, param=param)
+    app.middleware_stack = FastLane(
+        app.build_middleware_stack(), exact=exact, param=param, guard=follower_guard(orch)
+    )
     return app

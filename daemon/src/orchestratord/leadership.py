@@ -98,6 +98,10 @@ UPDATE leader_lease
       AND expires_at > clock_timestamp()
 RETURNING epoch
 """
+_HOLDER: LiteralString = """
+SELECT holder FROM leader_lease
+    WHERE name = %(name)s AND holder IS NOT NULL AND expires_at > clock_timestamp()
+"""
 _RELEASE: LiteralString = """
 UPDATE leader_lease SET holder = NULL, expires_at = clock_timestamp()
     WHERE name = %(name)s AND holder = %(me)s AND epoch = %(epoch)s
@@ -159,6 +163,8 @@ class PostgresLease:
         """The epoch of the current (or last) term; ``None`` before the first one."""
         self.last_lost_reason: str | None = None
         self.reconnects = 0
+        self.holder: str | None = None
+        """Who holds the lease, as a follower last read it (``None``: nobody, or unknown)."""
         """Connections opened after the first one (the loop survived a broken one)."""
         self._deadline = 0.0  # monotonic
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -274,6 +280,20 @@ class PostgresLease:
         self._extend(t0)
         return True
 
+    async def read_holder(self) -> str | None:
+        """Read who holds a live lease into :attr:`holder` (and return it)."""
+        conn = await self._connection()
+        try:
+            cur = await asyncio.wait_for(
+                conn.execute(_HOLDER, {"name": self.name}), self.statement_timeout_s + 1
+            )
+            row = await cur.fetchone()
+        except (psycopg.OperationalError, TimeoutError, OSError):
+            await self._drop_connection()
+            raise
+        self.holder = None if row is None else str(row[0])
+        return self.holder
+
     async def release(self) -> None:
         """Give the lease up now (clean shutdown): clear the holder and expire it, so a
         follower takes over at its next attempt. Best effort: a database error leaves the
@@ -321,8 +341,8 @@ class PostgresLease:
             try:
                 if self.role == "leader":
                     await self.renew()
-                else:
-                    await self.try_acquire()
+                elif await self.try_acquire() is None:
+                    await self.read_holder()
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, TimeoutError, OSError) as exc:
@@ -343,6 +363,7 @@ class PostgresLease:
         was_leader, old = self.role == "leader", self.epoch
         self.epoch = epoch
         self.role = "leader"
+        self.holder = self.instance_id
         self._extend(t0)
         if was_leader and old != epoch:  # a new term without noticing the loss: tell it
             self.lost_leadership.set()

@@ -90,6 +90,16 @@ class Metrics:
         )
         self.retries = Counter(p + "retries_total", "Job retries by reason", ["reason"], registry=r)
         self.sse_clients = Gauge(p + "sse_clients", "Connected SSE clients", registry=r)
+        self.leader = Gauge(
+            p + "leader",
+            "1 while this instance leads (runs the queue), 0 as a follower",
+            registry=r,
+        )
+        self.leader_epoch = Gauge(
+            p + "leader_epoch",
+            "Epoch of this instance's current or last term (0: none)",
+            registry=r,
+        )
         for prio in ("interactive", "batch"):
             self.queue_depth.labels(prio).set(0)
 

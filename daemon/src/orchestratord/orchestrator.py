@@ -27,12 +27,13 @@ from orchestrator_core.scheduling.scheduler import SchedulerRegistry
 from orchestratord.logs import log
 from orchestratord.metrics import Metrics
 from orchestratord.pool_agents import PoolAgentClient
+from orchestratord.roles import Roles
 from orchestratord.services.admission import Admission
 from orchestratord.services.cluster import Cluster
 from orchestratord.services.context import Clock, Context
 from orchestratord.services.events import EventWriter
 from orchestratord.services.fleet import Fleet
-from orchestratord.services.jobs import ActiveJob
+from orchestratord.services.jobs import ActiveJob, JobTable
 from orchestratord.services.lifecycle import Lifecycle
 from orchestratord.services.recovery import recover
 from orchestratord.services.relay import Relay
@@ -93,6 +94,9 @@ class Orchestrator:
             registry=scheduler_registry,
         )
         self.views.explain = self.scheduling.explain
+        self.roles = Roles(
+            config, store, self.ctx.metrics, lead=self._lead, step_down=self._step_down
+        )
 
     # -- shortcuts -------------------------------------------------------------------------
 
@@ -112,6 +116,11 @@ class Orchestrator:
         return self.ctx.metrics
 
     @property
+    def leading(self) -> bool:
+        """This instance runs the queue (always, alone; the lease holder, on PostgreSQL)."""
+        return self.roles.leading
+
+    @property
     def ready(self) -> bool:
         """Recovery is done and the store is open."""
         return self.ctx.ready
@@ -128,19 +137,31 @@ class Orchestrator:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store, recover unfinished jobs, start the timers and the scheduler."""
+        """Open the store, then lead (alone: at once) or run for the lease (PostgreSQL)."""
         await self.ctx.store.open()
-        await recover(self.ctx, self.lifecycle)
         self.ctx.started_at = self.ctx.clock()
-        self.ctx.tasks.spawn(self.fleet.sweep_forever(), name="pool-sweep")
-        self.ctx.tasks.spawn(self._purge_forever(), name="result-purge")
         self.ctx.ready = True
-        self.scheduling.start()
+        await self.roles.start()
 
     async def stop(self) -> None:
-        """Stop serving: relays are cut (their jobs stay running in the store, so the next
-        start recovers them), background tasks end, the store is closed."""
+        """Stop serving: step down (give the lease up), then close the store and clients."""
+        await self.roles.stop()
         self.ctx.ready = False
+        await self.ctx.store.close()
+        await self.ctx.worker_client.aclose()
+        await self.ctx.pool_client.aclose()
+
+    async def _lead(self) -> None:
+        """Take the queue: recover the unfinished jobs from the store, start the timers and
+        the scheduler."""
+        await recover(self.ctx, self.lifecycle)
+        self.ctx.tasks.spawn(self.fleet.sweep_forever(), name="pool-sweep")
+        self.ctx.tasks.spawn(self._purge_forever(), name="result-purge")
+        self.scheduling.start()
+
+    async def _step_down(self, why: str) -> None:
+        """Let the queue go: relays are cut (their jobs stay running in the store, so the
+        next leader recovers them), timers and background tasks end, the model is emptied."""
         await self.scheduling.stop()
         relays = []
         for a in self.ctx.jobs:
@@ -148,9 +169,9 @@ class Orchestrator:
             if a.relay is not None:
                 relays.append(a.relay)
         await self.ctx.tasks.cancel_all(*relays)
-        await self.ctx.store.close()
-        await self.ctx.worker_client.aclose()
-        await self.ctx.pool_client.aclose()
+        self.ctx.jobs = JobTable()
+        self.ctx.cluster.reset(self.config)
+        self.ctx.update_queue_gauges()
 
     async def _purge_forever(self) -> None:
         retention = self.ctx.config.persistence.result_retention_s

@@ -54,14 +54,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from orchestratord.store import (
     DuplicateTerminalEvent,
@@ -70,6 +70,7 @@ from orchestratord.store import (
     JobPage,
     JobRow,
     StoredEvent,
+    StoreUnavailable,
     row_from_mapping,
     row_values,
 )
@@ -277,6 +278,10 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self.commits = 0
         """Transactions committed by the writer (a group commit counts once)."""
+        self.term_fence: Fence | None = None
+        """The fence of every commit that passes none: set by a daemon when it becomes the
+        leader (its term's token) and kept after it steps down, so that any write still
+        made by its old term is refused."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -344,7 +349,9 @@ class PostgresStore:
         :meth:`orchestratord.leadership.PostgresLease.fence`), the transaction first checks
         — and share-locks — the lease row: the write commits only if that epoch is still
         the current one, else nothing is applied and :class:`~orchestratord.store.FencedOut`
-        is raised. Without it the write is not fenced (submissions on any daemon)."""
+        is raised. Without it the write carries :attr:`term_fence` (unfenced when that is
+        ``None``: a store no daemon leads with). A database that cannot be reached raises
+        :class:`~orchestratord.store.StoreUnavailable`."""
         if self._writer is None or self._writer.done():
             raise RuntimeError("PostgresStore is not open")
         # Serialise now: the rows may change after we return.
@@ -354,7 +361,7 @@ class PostgresStore:
             terminal_jobs=[e.job_id for e in events if e.terminal],
             durable=durable,
             future=asyncio.get_running_loop().create_future(),
-            fence=fence,
+            fence=fence if fence is not None else self.term_fence,
         )
         self._queue.put_nowait(write)
         await write.future
@@ -400,6 +407,14 @@ class PostgresStore:
                 _resolve(w.future, None)
 
     async def _transaction(self, batch: list[_Write]) -> None:
+        try:
+            await self._transaction_once(batch)
+        except (psycopg.OperationalError, OSError) as exc:
+            if isinstance(exc, psycopg.Error) and exc.sqlstate == FENCED_SQLSTATE:
+                raise
+            raise StoreUnavailable(f"the database cannot be reached: {exc}") from exc
+
+    async def _transaction_once(self, batch: list[_Write]) -> None:
         conn = self._wconn
         if conn is None or conn.closed or conn.broken:  # e.g. after a server restart
             if conn is not None:
@@ -434,10 +449,15 @@ class PostgresStore:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def _read(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         if self._pool is None:
             raise RuntimeError("PostgresStore is not open")
-        return self._pool.connection()
+        try:
+            async with self._pool.connection(timeout=5.0) as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+            raise StoreUnavailable(f"the database cannot be reached: {exc}") from exc
 
     async def _fetch_jobs(self, sql: LiteralString, args: Sequence[Any] = ()) -> list[JobRow]:
         async with self._read() as conn, conn.cursor(row_factory=dict_row) as cur:

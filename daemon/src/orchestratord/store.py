@@ -27,16 +27,26 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
-from orchestrator_core import ErrorCode, Job, JobKind, JobParams, JobStatus, Priority
+from orchestrator_core import (
+    ErrorCode,
+    Job,
+    JobKind,
+    JobParams,
+    JobStatus,
+    OrchestratorError,
+    Priority,
+)
 
 __all__ = [
     "TERMINAL_KINDS",
     "DuplicateTerminalEvent",
+    "FencedOut",
     "JobFilter",
     "JobPage",
     "JobRow",
     "MemoryStore",
     "Store",
+    "StoreUnavailable",
     "StoredEvent",
     "params_from_json",
     "params_to_json",
@@ -52,10 +62,21 @@ class DuplicateTerminalEvent(Exception):
     """A store was asked to record a second terminal event for a job (a bug upstream)."""
 
 
-class FencedOut(Exception):
+class FencedOut(OrchestratorError):
     """A fenced write was refused: its leader epoch is no longer the lease's current one
     (another daemon took over). Nothing of the write was applied; the writer must stop
-    acting as leader (docs/design/persistence.md, "Leader lease and fencing")."""
+    acting as leader (docs/design/persistence.md, "Leader lease and fencing"). Answered
+    as ``503 NOT_LEADER``."""
+
+    code = ErrorCode.NOT_LEADER
+
+
+class StoreUnavailable(OrchestratorError):
+    """The database could not be reached (a server restart, a network cut): nothing of the
+    write was applied, or the read could not be made. Answered as ``503
+    STORE_UNAVAILABLE``; the store reconnects by itself."""
+
+    code = ErrorCode.STORE_UNAVAILABLE
 
 
 @dataclass(slots=True)

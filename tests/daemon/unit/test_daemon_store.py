@@ -22,6 +22,7 @@ from orchestratord.store import (
     MemoryStore,
     Store,
     StoredEvent,
+    StoreUnavailable,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -292,7 +293,7 @@ async def test_postgres_writer_reconnects_after_its_connection_is_killed(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(StoreUnavailable):  # a 503, not a 500
             await s.commit(jobs=[row(2)])  # the write on the dead connection fails ...
         await s.commit(jobs=[row(3)])  # ... the next one reconnects
         assert await s.get_job("job-0003") is not None

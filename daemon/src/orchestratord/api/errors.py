@@ -66,8 +66,15 @@ def error_response(
     if status is None:
         status = http_status_for(err.code)
     headers: dict[str, str] = {}
-    if err.code in (ErrorCode.QUEUE_FULL, ErrorCode.QUOTA_EXCEEDED):
+    if err.code in (
+        ErrorCode.QUEUE_FULL,
+        ErrorCode.QUOTA_EXCEEDED,
+        ErrorCode.NOT_LEADER,
+        ErrorCode.STORE_UNAVAILABLE,
+    ):
         headers["Retry-After"] = str(int(err.details.get("retry_after_s", 1)))
+    if err.code is ErrorCode.NOT_LEADER and err.details.get("leader"):
+        headers["X-Orchestrator-Leader"] = str(err.details["leader"])
     if err.code is ErrorCode.UNAUTHORIZED:
         headers["WWW-Authenticate"] = "Bearer"
     body = openai_error(err) if is_openai_path(path) else err.to_envelope(correlation_id())

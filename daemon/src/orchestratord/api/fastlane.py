@@ -1,4 +1,5 @@
-"""The hot routes, answered before FastAPI's routing (see :mod:`orchestratord.api.exchange`).
+"""The hot routes, answered before FastAPI's routing (see :mod:`orchestratord.api.exchange`),
+and the guard that every request passes first (a follower refuses writes).
 
 :class:`FastLane` is a pure ASGI middleware: a request to one of its routes is served by that
 route's handler over an :class:`~orchestratord.api.exchange.Exchange`; anything else goes on
@@ -44,10 +45,13 @@ class FastLane:
         *,
         exact: Mapping[tuple[str, str], Handler],
         param: Sequence[tuple[str, str, str, ParamHandler]] = (),
+        guard: Callable[[str, str], OrchestratorError | None] | None = None,
     ) -> None:
         self.app = app
         self.exact = dict(exact)
         self.param = tuple(param)
+        self.guard = guard
+        """Asked first about every request (``method, path``): an error refuses it."""
 
     def route(self, method: str, path: str) -> Handler | None:
         """The handler of ``method path``, or ``None`` (FastAPI serves it)."""
@@ -66,7 +70,9 @@ class FastLane:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        handler = self.route(scope["method"], scope["path"])
+        method, path = scope["method"], scope["path"]
+        refused = None if self.guard is None else self.guard(method, path)
+        handler = self.route(method, path) if refused is None else _refuse(refused)
         if handler is None:
             await self.app(scope, receive, send)
             return
@@ -91,6 +97,13 @@ class FastLane:
         finally:
             ex.close()
             correlation_id_var.reset(token)
+
+
+def _refuse(err: OrchestratorError) -> Handler:
+    async def handler(ex: Exchange) -> None:
+        raise err
+
+    return handler
 
 
 def _bind(serve: ParamHandler, segment: str) -> Handler:

@@ -1,5 +1,5 @@
-"""Operations: ``/metrics`` (Prometheus text), ``/health`` (liveness) and ``/ready``
-(readiness: recovery done and the store open; 503 until then)."""
+"""Operations: ``/metrics`` (Prometheus text), ``/health`` (liveness, with the role) and
+``/ready`` (readiness: the store open, recovery done and leading; 503 otherwise)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ class Health(BaseModel):
     uptime_s: float = 0.0
     queued: int = 0
     running: int = 0
+    role: Literal["leader", "follower"] = "leader"
+    """``leader`` runs the queue; a ``follower`` (several daemons on PostgreSQL) stands by."""
+    epoch: int | None = None
+    """The leader term's epoch (PostgreSQL; ``null`` for a daemon alone)."""
+    leader: str | None = None
+    """The leader's URL, as this instance knows it."""
 
 
 def router(orch: Orchestrator) -> APIRouter:
@@ -35,6 +41,9 @@ def router(orch: Orchestrator) -> APIRouter:
             uptime_s=round(max(0.0, ctx.clock() - ctx.started_at), 3) if ctx.ready else 0.0,
             queued=ctx.cluster.queued(),
             running=ctx.jobs.running(),
+            role=orch.roles.role,
+            epoch=orch.roles.epoch,
+            leader=orch.roles.leader_url(),
         )
 
     @api.get(
@@ -58,8 +67,11 @@ def router(orch: Orchestrator) -> APIRouter:
 
     @api.get("/ready", response_model=Health, responses={503: {"model": Health}})
     async def ready() -> JSONResponse:
-        """Readiness: recovery is done and the store is open (503 until then)."""
+        """Readiness to take jobs: the store is open, recovery is done and this instance
+        leads (503 otherwise: a follower is not ready, so a load balancer sends clients to
+        the leader)."""
         body = health_now()
-        return JSONResponse(body.model_dump(mode="json"), status_code=200 if orch.ready else 503)
+        ok = orch.ready and orch.leading
+        return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
 
     return api

@@ -198,10 +198,13 @@ class Admission:
         self._reserve(job, +1)
         try:
             await self.ctx.store.commit(jobs=rows, events=events, durable=True)
-        except Exception:
+        except Exception as exc:
             self._reserve(job, -1)
             self.ctx.jobs.discard(job.job_id)
             self._undrop(dropped)
+            if isinstance(exc, OrchestratorError):  # the store's own: 503 NOT_LEADER, ...
+                log("http.error", f"admission commit refused: {exc}", level=logging.WARNING)
+                raise
             log("http.error", "admission commit failed", level=logging.ERROR, exc_info=True)
             raise OrchestratorError("could not store the job", code=ErrorCode.INTERNAL) from None
         a.stream.publish(queued)

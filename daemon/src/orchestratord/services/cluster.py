@@ -53,6 +53,11 @@ class Cluster:
 
     # -- changes ---------------------------------------------------------------------------
 
+    def reset(self, config: OrchestratorConfig) -> None:
+        """Forget everything (a leader stepping down): an empty model for ``config``."""
+        self.state = ClusterState.from_config(config)
+        self._deferred.clear()
+
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every change that may allow scheduling progress."""
         self._listeners.append(callback)

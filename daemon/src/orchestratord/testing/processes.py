@@ -125,8 +125,9 @@ class DaemonProcess(_ChildProcess):
         self.config_path.write_text(config_toml, encoding="utf-8")
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, ready_timeout_s: float = 20.0) -> DaemonProcess:
-        """Start and wait until ``/ready`` answers 200."""
+    def start(self, *, ready_timeout_s: float = 20.0, until: str = "/ready") -> DaemonProcess:
+        """Start and wait until ``until`` answers 200 (``/health`` for a daemon that may be
+        a follower: ``/ready`` is 200 only on the leader)."""
         logf = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -147,9 +148,9 @@ class DaemonProcess(_ChildProcess):
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"orchestratord exited: {self.log_tail()}")
-            return httpx.get(self.url + "/ready", timeout=1.0).status_code == 200
+            return httpx.get(self.url + until, timeout=1.0).status_code == 200
 
-        wait_until(ready, ready_timeout_s, "orchestratord /ready")
+        wait_until(ready, ready_timeout_s, f"orchestratord {until}")
         return self
 
     def kill9(self) -> None:
@@ -301,6 +302,10 @@ class HeartbeatingPool:
     """How the daemon talks to the engines: ``llorch`` (native) or ``openai``."""
     max_concurrency: int = 1
     """Jobs each engine takes at once."""
+    others: Sequence[str] = ()
+    """More orchestrator URLs (several daemons on one database): on a refused connection or
+    a 503 the pool moves to the next one, or to the leader a follower names
+    (``X-Orchestrator-Leader``), and registers there."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -332,21 +337,53 @@ class HeartbeatingPool:
             "workers": self.workers(),
             "models": sorted({e.model for e in self.engines}),
         }
-        r = httpx.post(self.url + "/v2/pools/register", json=body, headers=self._headers())
-        r.raise_for_status()
+        for _ in range(3 * (1 + len(self.others))):
+            try:
+                r = httpx.post(self.url + "/v2/pools/register", json=body, headers=self._headers())
+            except httpx.TransportError:
+                self._next(None)
+                time.sleep(0.1)
+                continue
+            if r.status_code == 503:  # a follower: go to the leader
+                self._next(r.headers.get("x-orchestrator-leader"))
+                time.sleep(0.1)
+                continue
+            r.raise_for_status()
+            return
+        raise RuntimeError(f"no orchestrator took the pool's registration: {self.url}")
 
     def beat(self) -> None:
         """One heartbeat (re-registering when the daemon does not know the pool)."""
         body = {"sent_at": time.time(), "workers": self.workers(), "gpus": []}
-        r = httpx.post(
-            f"{self.url}/v2/pools/{self.pool_id}/heartbeat", json=body, headers=self._headers()
-        )
-        if r.status_code == 404:
+        try:
+            r = httpx.post(
+                f"{self.url}/v2/pools/{self.pool_id}/heartbeat",
+                json=body,
+                headers=self._headers(),
+                timeout=2.0,
+            )
+        except httpx.HTTPError:
+            self._next(None)
+            raise
+        if r.status_code == 503:
+            self._next(r.headers.get("x-orchestrator-leader"))
+        elif r.status_code == 404:
             self.register()
+
+    def _next(self, hint: str | None) -> None:
+        """Move to the leader named by ``hint`` (one of ours), else to the next URL."""
+        urls = [self.url, *(u for u in self.others if u != self.url)]
+        if len(urls) == 1:
+            return
+        if hint and hint in urls and hint != self.url:
+            self.others = [u for u in urls if u != hint]
+            self.url = hint
+        else:  # round robin
+            self.url, self.others = urls[1], [*urls[2:], urls[0]]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx.HTTPError, RuntimeError):  # keep beating
                 self.beat()
 
     def __enter__(self) -> HeartbeatingPool:
