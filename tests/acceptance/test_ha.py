@@ -294,3 +294,99 @@ def test_a_postgres_restart_is_503_then_nothing_is_lost(
         wait_all_finished(daemons, load.accepted, 120)
         for job_id in load.accepted:
             assert len(terminal_events(leader, job_id)) == 1, job_id
+
+
+def follow(
+    d: DaemonProcess, job_id: str, last: int | None = None, stop_after: int | None = None
+) -> list[tuple[int, str]]:
+    """(id, kind) of the SSE events of ``job_id`` read from ``d``, until the terminal one
+    (or ``stop_after`` events)."""
+    headers = {"Last-Event-ID": str(last)} if last is not None else {}
+    out: list[tuple[int, str]] = []
+    event_id, kind = 0, ""
+    with httpx.stream("GET", f"{d.url}/v2/tasks/{job_id}/events", headers=headers, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("id: "):
+                event_id = int(line[4:])
+            elif line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                out.append((event_id, kind))
+                if kind in ("end", "error") or (stop_after and len(out) >= stop_after):
+                    break
+    return out
+
+
+def test_followers_take_submissions_and_serve_streams_with_resume(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    args = ["--ttft-ms", "5", "--tokens-per-s", "50", "--concurrency", "4"]
+    with (
+        cluster_of(3, tmp_path, postgres_dsn) as daemons,
+        engines(1, args=args) as es,
+    ):
+        leader = leader_of(daemons)
+        assert leader is not None
+        f1, f2 = [d for d in daemons if d is not leader]
+        urls = [leader.url, f1.url, f2.url]
+        with HeartbeatingPool(urls[0], es, interval_s=0.2, others=urls[1:], max_concurrency=4):
+            body = {"model": "m1", "prompt": "p", "max_tokens": 20}
+            r = httpx.post(f1.url + "/v2/tasks", json=body, timeout=10)
+            assert r.status_code == 202, r.text  # stored by a follower, run by the leader
+            job_id = r.json()["job_id"]
+            first = follow(f1, job_id, stop_after=6)
+            rest = follow(f2, job_id, last=first[-1][0])  # resumed on another follower
+        events = first + rest
+        assert [i for i, _ in events] == list(range(1, len(events) + 1))
+        assert events[0][1] == "queued" and events[-1][1] == "end"
+        assert sum(1 for _, k in events if k == "token") == 20
+        cancel = httpx.post(f2.url + "/v2/tasks", json={**body, "max_tokens": 2000}, timeout=10)
+        other = cancel.json()["job_id"]
+        wait_until(
+            lambda: httpx.get(f"{f2.url}/v2/tasks/{other}").json()["status"] == "running",
+            20,
+            "the job to run",
+        )
+        assert httpx.delete(f"{f2.url}/v2/tasks/{other}", timeout=10).status_code == 200
+        wait_until(
+            lambda: httpx.get(f"{f2.url}/v2/tasks/{other}").json()["status"] == "cancelled",
+            20,
+            "a cancel asked of a follower to reach the leader",
+        )
+
+
+def test_a_stream_through_a_follower_survives_the_leaders_death(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    args = ["--ttft-ms", "5", "--tokens-per-s", "20", "--concurrency", "4"]
+    with (
+        cluster_of(3, tmp_path, postgres_dsn) as daemons,
+        engines(1, args=args) as es,
+    ):
+        leader = leader_of(daemons)
+        assert leader is not None
+        follower = next(d for d in daemons if d is not leader)
+        urls = [leader.url, *(d.url for d in daemons if d is not leader)]
+        with HeartbeatingPool(urls[0], es, interval_s=0.2, others=urls[1:], max_concurrency=4):
+            body = {"model": "m1", "prompt": "p", "max_tokens": 60}
+            job_id = httpx.post(follower.url + "/v2/tasks", json=body, timeout=10).json()["job_id"]
+            seen: list[tuple[int, str]] = []
+            reader = threading.Thread(target=lambda: seen.extend(follow(follower, job_id)))
+            reader.start()
+            wait_until(lambda: _tokens_of(follower, job_id), 20, "tokens")
+            time.sleep(0.5)
+            leader.kill9()
+            reader.join(60)
+        assert not reader.is_alive()
+        ids = [i for i, _ in seen]
+        kinds = [k for _, k in seen]
+        assert kinds[0] == "queued" and kinds[-1] in ("end", "error")
+        assert sum(1 for k in kinds if k in ("end", "error")) == 1
+        assert ids == sorted(set(ids))  # no repeat, in order
+        assert ids[:-1] == list(range(1, len(ids)))  # no gap before the terminal event
+        assert "token" in kinds
+
+
+def _tokens_of(d: DaemonProcess, job_id: str) -> bool:
+    return int(httpx.get(f"{d.url}/v2/tasks/{job_id}", timeout=5).json()["tokens_generated"]) > 0

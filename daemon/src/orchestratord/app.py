@@ -75,16 +75,24 @@ def default_worker_client() -> WorkerClient:
 
 
 _FOLLOWER_READS = ("GET", "HEAD")
+_FOLLOWER_WRITES = {
+    ("POST", "/v2/tasks"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/chat/completions"),
+}
 
 
 def follower_guard(orch: Orchestrator) -> Callable[[str, str], OrchestratorError | None]:
-    """A follower answers reads (except live event streams) and refuses the rest with
-    ``503 NOT_LEADER`` (see :mod:`orchestratord.roles`)."""
+    """A follower serves clients — reads, event streams, submissions (stored, then handed
+    to the leader) and cancels (asked of the leader) — and refuses what only the leader may
+    do (pools, the scheduler policy) with ``503 NOT_LEADER`` (see :mod:`orchestratord.roles`)."""
 
     def guard(method: str, path: str) -> OrchestratorError | None:
-        if orch.leading:
+        if orch.leading or method in _FOLLOWER_READS or (method, path) in _FOLLOWER_WRITES:
             return None
-        if method in _FOLLOWER_READS and not path.endswith("/events"):
+        if path.startswith("/v2/tasks/") and (
+            method == "DELETE" or (method == "POST" and path.endswith("/cancel"))
+        ):
             return None
         return orch.roles.refuse()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from orchestratord.store import StoredEvent
 
@@ -44,9 +44,17 @@ class JobStream:
     subscriber; :meth:`follow` yields events after a given id until the terminal one.
     """
 
-    def __init__(self, job_id: str, events: Iterable[StoredEvent] = ()) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        events: Iterable[StoredEvent] = (),
+        *,
+        on_publish: Callable[[StoredEvent], object] | None = None,
+    ) -> None:
         self.job_id = job_id
         self.events: list[StoredEvent] = list(events)
+        self.on_publish = on_publish
+        """Told of every published event (a leader tells the other daemons)."""
         self._waiter: asyncio.Future[None] | None = None
         self.subscribers = 0
         """Clients currently following this stream."""
@@ -81,6 +89,8 @@ class JobStream:
                 f"job {self.job_id}: event id {event.event_id}, expected {self.next_id}"
             )
         self.events.append(event)
+        if self.on_publish is not None:
+            self.on_publish(event)
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -21,7 +21,7 @@ job's events are then answered in OpenAI's wire format: ``data:`` chunks ending 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -52,7 +52,6 @@ from orchestratord.api.openapi import body, openai_errors, served_on_the_fast_la
 from orchestratord.auth import Authenticator
 from orchestratord.orchestrator import Orchestrator
 from orchestratord.services.admission import JobSpec, estimate_prompt_tokens
-from orchestratord.services.jobs import ActiveJob
 from orchestratord.store import StoredEvent
 
 __all__ = ["hot_handlers", "router"]
@@ -110,12 +109,22 @@ def _session(header: str | None, req: OpenAIRequest) -> str | None:
 class _Answer:
     """Turns one admitted job's events into the OpenAI answer (streamed or whole)."""
 
-    def __init__(self, orch: Orchestrator, a: ActiveJob, req: OpenAIRequest) -> None:
+    def __init__(
+        self,
+        orch: Orchestrator,
+        job_id: str,
+        req: OpenAIRequest,
+        batches: AsyncIterator[list[StoredEvent] | None],
+        cancel: Callable[[], None],
+    ) -> None:
         self.orch = orch
-        self.a = a
+        self.job_id = job_id
         self.req = req
+        self.batches = batches
+        """The job's events in batches (this daemon's, or the leader's through the bus)."""
+        self._cancel = cancel
         self.builder = ResponseBuilder(
-            kind=req.kind, job_id=a.job_id, model=req.model, created=int(orch.ctx.clock())
+            kind=req.kind, job_id=job_id, model=req.model, created=int(orch.ctx.clock())
         )
         self.finished = False
 
@@ -125,7 +134,8 @@ class _Answer:
         prompt = data.get("prompt_tokens")
         if not isinstance(prompt, int) or prompt < 0:
             prompt = estimate_prompt_tokens(self.req.input_text())
-        return prompt, self.a.row.tokens
+        tokens = data.get("tokens")
+        return prompt, tokens if isinstance(tokens, int) and tokens >= 0 else 0
 
     @staticmethod
     def error_of(terminal: StoredEvent) -> OrchestratorError:
@@ -139,9 +149,8 @@ class _Answer:
 
     def cancel(self) -> None:
         """The client went away before the end: cancel its job at once."""
-        if not self.finished and not self.a.terminal_sent:
-            lifecycle = self.orch.lifecycle
-            self.orch.ctx.tasks.spawn(lifecycle.stop_job(self.a, "disconnected"), name="gone")
+        if not self.finished:
+            self._cancel()
 
     def ending(self, terminal: StoredEvent) -> list[bytes]:
         """The last chunks of a stream: the final chunk (and usage) then ``[DONE]``, or the
@@ -163,9 +172,9 @@ class _Answer:
         before, after = b.chunk_parts()
         head = (b"data: " + before.encode(), (after + "\n\n").encode())
         out = [_sse(chunk) for chunk in b.start_chunks()]
-        await ex.start_sse({"X-Job-Id": self.a.job_id})
+        await ex.start_sse({"X-Job-Id": self.job_id})
         try:
-            async for batch in self.a.stream.follow_batches(0, idle_s=KEEPALIVE_S):
+            async for batch in self.batches:
                 if batch is None:
                     out.append(_KEEPALIVE)
                 for ev in batch or ():
@@ -187,7 +196,7 @@ class _Answer:
         """The one-object answer (``stream: false``)."""
         texts: list[str] = []
         terminal: StoredEvent | None = None
-        async for batch in self.a.stream.follow_batches(0):
+        async for batch in self.batches:
             for ev in batch or ():
                 if ev.kind == "token":
                     texts.append(str(ev.payload().get("t", "")))
@@ -202,7 +211,7 @@ class _Answer:
             raise self.error_of(terminal)
         reason = str(terminal.payload().get("finish_reason", "stop"))
         answer = self.builder.response("".join(texts), reason, *self.usage_of(terminal))
-        await ex.json(answer, headers={"X-Job-Id": self.a.job_id})
+        await ex.json(answer, headers={"X-Job-Id": self.job_id})
 
 
 async def _serve(
@@ -220,15 +229,32 @@ async def _serve(
         kind=req.kind,
     )
     reply = await orch.admission.submit_spec(spec, principal=who, correlation_id=ex.cid)
-    a = orch.ctx.jobs.stream_of(reply.job_id)
-    if a is None:  # already gone from memory: cannot happen within one request
-        raise OrchestratorError("the job vanished", code=ErrorCode.INTERNAL)
-    answer = _Answer(orch, a, req)
+    answer = _Answer(orch, reply.job_id, req, *_feed(orch, reply.job_id))
     ex.on_disconnect(answer.cancel)  # client gone = job cancelled, at once
     if req.stream:
         await answer.stream(ex)
     else:
         await answer.whole(ex)
+
+
+def _feed(
+    orch: Orchestrator, job_id: str
+) -> tuple[AsyncIterator[list[StoredEvent] | None], Callable[[], None]]:
+    """The events of a job just admitted here, and how to cancel it: this daemon runs it
+    (the leader), or the leader does (a follower: its events come through the bus)."""
+    a = orch.ctx.jobs.stream_of(job_id)
+    if a is not None:
+
+        def stop() -> None:
+            if not a.terminal_sent:
+                orch.ctx.tasks.spawn(orch.lifecycle.stop_job(a, "disconnected"), name="gone")
+
+        return a.stream.follow_batches(0, idle_s=KEEPALIVE_S), stop
+    if orch.remote is not None:
+        return orch.remote.follow_batches(job_id, 0, idle_s=KEEPALIVE_S), (
+            lambda: orch.request_cancel(job_id)
+        )
+    raise OrchestratorError("the job vanished", code=ErrorCode.INTERNAL)  # cannot happen
 
 
 def hot_handlers(

@@ -8,7 +8,7 @@ declared on the router for the OpenAPI document."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -28,7 +28,7 @@ from orchestratord.api.openapi import body, errors, served_on_the_fast_lane
 from orchestratord.auth import Authenticator
 from orchestratord.orchestrator import Orchestrator
 from orchestratord.services.views import visible_to
-from orchestratord.store import JobFilter
+from orchestratord.store import JobFilter, StoredEvent
 from orchestratord.streams import format_sse, keepalive
 
 __all__ = ["TaskList", "events_handler", "router", "submit_handler"]
@@ -111,6 +111,10 @@ def _cancel(api: APIRouter, orch: Orchestrator, auth: Authenticator) -> None:
         a = orch.ctx.jobs.visible(job_id)
         if a is not None and visible_to(a.job, who):
             await orch.lifecycle.stop_job(a, "cancel")
+        elif not orch.leading:  # the leader runs it: ask it (the answer is as of now)
+            row = await orch.views.lookup(job_id, who)
+            if not row.job.is_terminal:
+                orch.request_cancel(job_id)
         return await orch.views.status(job_id, who)
 
     for method, path, summary, name in (
@@ -168,6 +172,18 @@ def _events(api: APIRouter) -> None:
     )
 
 
+async def _write(ex: Exchange, batches: AsyncIterator[list[StoredEvent] | None]) -> None:
+    """Send each batch of events in one write (a keepalive when idle); end after the
+    terminal event."""
+    async for batch in batches:
+        data = keepalive() if batch is None else b"".join(map(format_sse, batch))
+        if batch and batch[-1].terminal:
+            await ex.end(data)
+            return
+        await ex.write(data)
+    await ex.end()
+
+
 def submit_handler(
     orch: Orchestrator, auth: Authenticator
 ) -> Callable[[Exchange], Awaitable[None]]:
@@ -207,9 +223,16 @@ def events_handler(
                     )
                 ]
             )
-        await orch.views.lookup(job_id, who)
+        row = await orch.views.lookup(job_id, who)
         after = int(last) if last else 0
         live = orch.ctx.jobs.stream_of(job_id)
+        if live is None and orch.leading and not row.job.is_terminal:
+            live = await orch.adopt(job_id)  # stored by another daemon, not taken yet
+        if live is None and not orch.leading and orch.remote is not None:
+            ex.on_disconnect(lambda: None)
+            await ex.start_sse()  # the leader runs it: its events come through the bus
+            await _write(ex, orch.remote.follow_batches(job_id, after, idle_s=KEEPALIVE_S))
+            return
         if live is None:
             stored = await orch.store.events_after(job_id, after)
             await ex.start_sse()
@@ -221,13 +244,7 @@ def events_handler(
         try:
             ex.on_disconnect(lambda: None)
             await ex.start_sse()
-            async for batch in live.stream.follow_batches(after, idle_s=KEEPALIVE_S):
-                data = keepalive() if batch is None else b"".join(map(format_sse, batch))
-                if batch and batch[-1].terminal:
-                    await ex.end(data)
-                    return
-                await ex.write(data)
-            await ex.end()
+            await _write(ex, live.stream.follow_batches(after, idle_s=KEEPALIVE_S))
         finally:
             if following:
                 orch.lifecycle.unsubscribe(live)

@@ -54,7 +54,6 @@ from orchestratord.services.events import EventWriter
 from orchestratord.services.jobs import ActiveJob
 from orchestratord.services.lifecycle import Lifecycle
 from orchestratord.store import JobRow, StoredEvent
-from orchestratord.streams import JobStream
 
 __all__ = ["Admission", "JobSpec", "estimate_prompt_tokens"]
 
@@ -185,9 +184,11 @@ class Admission:
             queued_at=now,
             kind=spec.kind,
         )
+        if not self.ctx.leading:
+            return await self._for_the_leader(job, timeout_s, correlation_id)
         decision, dropped = await self._decide(job)
         row = JobRow(job=job, timeout_s=timeout_s, correlation_id=correlation_id)
-        a = ActiveJob(row=row, stream=JobStream(job.job_id), last_reserved=1)  # 1: queued
+        a = ActiveJob(row=row, stream=self.ctx.new_stream(job.job_id), last_reserved=1)  # queued
         queued = EventWriter.queued_event(job.job_id, decision.position, model_ref)
         rows, events = [row], [queued]
         if dropped is not None:
@@ -229,6 +230,34 @@ class Admission:
             job_id=job.job_id,
             queue_position=decision.position if position is None else position,
             events_url=f"/v2/tasks/{job.job_id}/events",
+        )
+
+    async def _for_the_leader(
+        self, job: Job, timeout_s: float, correlation_id: str
+    ) -> TaskSubmitResponse:
+        """A follower's admission: the job is stored durably (unfenced: any daemon may) and
+        handed to the leader, which takes it into its queue. Capacity and quotas are the
+        leader's to enforce; the position given is 0."""
+        row = JobRow(job=job, timeout_s=timeout_s, correlation_id=correlation_id)
+        queued = EventWriter.queued_event(job.job_id, 0, job.model_ref)
+        try:
+            await self.ctx.store.commit(jobs=[row], events=[queued], durable=True, unfenced=True)
+        except OrchestratorError:
+            raise
+        except Exception:
+            log("http.error", "admission commit failed", level=logging.ERROR, exc_info=True)
+            raise OrchestratorError("could not store the job", code=ErrorCode.INTERNAL) from None
+        self.ctx.hand_off(job.job_id)
+        self.ctx.metrics.tasks_enqueued.labels(str(job.priority)).inc()
+        log(
+            "job.admitted",
+            "job stored for the leader",
+            job_id=job.job_id,
+            model=job.model_ref,
+            priority=str(job.priority),
+        )
+        return TaskSubmitResponse(
+            job_id=job.job_id, queue_position=0, events_url=f"/v2/tasks/{job.job_id}/events"
         )
 
     async def _decide(self, job: Job) -> tuple[Admitted, tuple[ActiveJob, JobRow] | None]:

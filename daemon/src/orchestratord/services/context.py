@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,8 @@ from orchestratord.metrics import Metrics
 from orchestratord.pool_agents import PoolAgentClient
 from orchestratord.services.cluster import Cluster
 from orchestratord.services.jobs import JobTable
-from orchestratord.store import Store
+from orchestratord.store import Store, StoredEvent
+from orchestratord.streams import JobStream
 from orchestratord.workers import WorkerClient
 
 __all__ = ["Clock", "Context", "TaskGroup", "dumps"]
@@ -69,6 +70,19 @@ class Context:
     tasks: TaskGroup = field(default_factory=TaskGroup)
     ready: bool = False
     started_at: float = 0.0
+    leading: bool = False
+    """This daemon runs the queue (see :mod:`orchestratord.roles`); a follower stores the
+    submissions it takes and hands them to the leader (:attr:`hand_off`)."""
+    publish_hook: Callable[[StoredEvent], object] | None = None
+    """Told of every event a job of this daemon publishes (several daemons: the others)."""
+    hand_off: Callable[[str], None] = lambda _job_id: None
+    adopting: set[str] = field(default_factory=set)
+    """Jobs stored by other daemons being taken on right now."""
+    """A follower stored a new job (or a cancel request, ``cancel:<id>``) for the leader."""
+
+    def new_stream(self, job_id: str, events: Iterable[StoredEvent] = ()) -> JobStream:
+        """The event stream of a job this daemon runs."""
+        return JobStream(job_id, events, on_publish=self.publish_hook)
 
     def update_queue_gauges(self) -> None:
         """Queue depth per priority, from the cluster model."""
