@@ -50,9 +50,12 @@ EVENTS = {
     "pool.status": "a pool changed status (online, degraded, offline)",
     "pool.worker_start": "the daemon asked a pool to start a worker",
     "pool.worker_stop": "the daemon asked a pool to stop (evict) a worker",
+    "pool.restored": "the stored pool inventory was loaded, offline until heartbeats",
     "scheduler.decision_dropped": "a scheduling decision no longer fit reality",
     "scheduler.error": "a policy call failed or timed out",
     "scheduler.swapped": "the active policy was replaced",
+    "scheduler.restored": "the stored active policy was re-applied (restart or takeover)",
+    "scheduler.restore_failed": "the stored policy could not be re-applied: config's is used",
     "auth.denied": "a request was refused for a missing or wrong token",
     "http.error": "an unexpected error while serving a request (no stack in the reply)",
 }

@@ -36,9 +36,10 @@ Design:
 * **Schema** is versioned: :data:`MIGRATIONS` are applied in order at :meth:`open`, in one
   transaction that first takes ``pg_advisory_xact_lock`` — two daemons starting at once on
   a fresh database do not race — and recorded in ``schema_version``. Migration 2 adds the
-  leader lease and its fencing function (:mod:`orchestratord.leadership`); later ones will
-  add the applied scheduler policies and the pool inventory; released migrations are never
-  edited, only appended.
+  leader lease and its fencing function (:mod:`orchestratord.leadership`); migration 3 the
+  applied scheduler policies and the pools' last inventory (written outside the job writer,
+  on a pooled connection, fenced with :attr:`PostgresStore.term_fence` the same way);
+  released migrations are never edited, only appended.
 * **Fenced commits**: ``commit(..., fence=(name, holder, epoch))`` runs ``llorch_fence``
   in the transaction; it refuses a stale epoch at once and checks it again at ``COMMIT``
   (a deferred constraint trigger, under a share lock on the lease row), so a deposed
@@ -69,6 +70,8 @@ from orchestratord.store import (
     JobFilter,
     JobPage,
     JobRow,
+    PolicyRecord,
+    PoolRecord,
     StoredEvent,
     StoreUnavailable,
     row_from_mapping,
@@ -198,6 +201,29 @@ MIGRATIONS: list[tuple[int, LiteralString]] = [
                 VALUES (p_name, p_holder, p_epoch);
         END
         $fence$;
+        """,
+    ),
+    (
+        3,
+        # Applied scheduler policies (one row per version; the highest is active) and the
+        # pools' last inventory (for views after a takeover, until they heartbeat again).
+        """
+        CREATE TABLE scheduler_policies (
+            version      BIGINT PRIMARY KEY,
+            policy       TEXT NOT NULL,
+            placement    TEXT NOT NULL,
+            script       TEXT,
+            rules        TEXT,
+            applied_at   DOUBLE PRECISION NOT NULL,
+            applied_by   TEXT NOT NULL DEFAULT '',
+            fingerprint  TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE pools (
+            pool_id         TEXT PRIMARY KEY,
+            inventory       TEXT NOT NULL,
+            last_heartbeat  DOUBLE PRECISION NOT NULL,
+            token           TEXT NOT NULL DEFAULT ''
+        );
         """,
     ),
 ]
@@ -528,6 +554,95 @@ class PostgresStore:
 
 
 async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
+    # -- scheduler policies and pool inventory ---------------------------------------------
+
+    async def _write_aside(
+        self, statements: Sequence[tuple[LiteralString, Sequence[Sequence[Any]]]], *, durable: bool
+    ) -> None:
+        """Run ``statements`` (each with its rows of arguments) in one transaction on a
+        pooled connection, fenced with :attr:`term_fence` like a commit: rare writes that
+        need not join the job writer's group commits."""
+        async with self._read() as conn:  # it turns a lost connection into StoreUnavailable
+            try:
+                async with conn.transaction(), conn.cursor() as cur:
+                    if not durable:
+                        await cur.execute("SET LOCAL synchronous_commit = off")
+                    if self.term_fence is not None:  # checked now and again at COMMIT
+                        await cur.execute(FENCE_SQL, self.term_fence)
+                    for sql, rows in statements:
+                        if rows:
+                            await cur.executemany(sql, rows)
+            except psycopg.Error as exc:
+                if exc.sqlstate != FENCED_SQLSTATE:
+                    raise
+                raise FencedOut(exc.diag.message_primary or str(exc)) from exc
+
+    async def save_policy(self, record: PolicyRecord) -> None:
+        """See :meth:`orchestratord.store.Store.save_policy` (committed with the server's
+        ``synchronous_commit``, fenced with :attr:`term_fence`)."""
+        sql: LiteralString = (
+            "INSERT INTO scheduler_policies (version, policy, placement, script, rules, "
+            "applied_at, applied_by, fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        )
+        values = (
+            record.version,
+            record.policy,
+            record.placement,
+            record.script,
+            record.rules,
+            record.applied_at,
+            record.applied_by,
+            record.fingerprint,
+        )
+        await self._write_aside([(sql, [values])], durable=True)
+
+    async def active_policy(self) -> PolicyRecord | None:
+        """See :meth:`orchestratord.store.Store.active_policy`."""
+        async with self._read() as conn:
+            cur = await conn.execute(
+                "SELECT version, policy, placement, script, rules, applied_at, applied_by, "
+                "fingerprint FROM scheduler_policies ORDER BY version DESC LIMIT 1"
+            )
+            r = await cur.fetchone()
+        if r is None:
+            return None
+        return PolicyRecord(
+            version=int(r[0]),
+            policy=r[1],
+            placement=r[2],
+            script=r[3],
+            rules=r[4],
+            applied_at=float(r[5]),
+            applied_by=r[6],
+            fingerprint=r[7],
+        )
+
+    async def save_pools(self, pools: Sequence[PoolRecord], removed: Sequence[str] = ()) -> None:
+        """See :meth:`orchestratord.store.Store.save_pools` (``synchronous_commit = off``,
+        fenced with :attr:`term_fence`)."""
+        upsert: LiteralString = (
+            "INSERT INTO pools (pool_id, inventory, last_heartbeat, token) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (pool_id) DO UPDATE SET "
+            "inventory = excluded.inventory, last_heartbeat = excluded.last_heartbeat, "
+            "token = excluded.token"
+        )
+        await self._write_aside(
+            [
+                (upsert, [(p.pool_id, p.inventory, p.last_heartbeat, p.token) for p in pools]),
+                ("DELETE FROM pools WHERE pool_id = %s", [(pool_id,) for pool_id in removed]),
+            ],
+            durable=False,
+        )
+
+    async def load_pools(self) -> list[PoolRecord]:
+        """See :meth:`orchestratord.store.Store.load_pools`."""
+        async with self._read() as conn:
+            cur = await conn.execute(
+                "SELECT pool_id, inventory, last_heartbeat, token FROM pools ORDER BY pool_id"
+            )
+            rows = await cur.fetchall()
+        return [PoolRecord(r[0], r[1], float(r[2]), r[3]) for r in rows]
+
     """Apply the missing :data:`MIGRATIONS` on ``conn`` (in autocommit mode) in one
     transaction under :data:`MIGRATION_LOCK`; return the schema version reached."""
     async with conn.transaction():

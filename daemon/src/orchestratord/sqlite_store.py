@@ -39,6 +39,8 @@ from orchestratord.store import (
     JobFilter,
     JobPage,
     JobRow,
+    PolicyRecord,
+    PoolRecord,
     StoredEvent,
     row_from_mapping,
     row_values,
@@ -97,6 +99,29 @@ MIGRATIONS: list[tuple[int, str]] = [
         2,
         """
         ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'task';
+        """,
+    ),
+    (
+        3,
+        # Applied scheduler policies (one row per version; the highest is active) and the
+        # pools' last inventory (for views after a restart, until they heartbeat again).
+        """
+        CREATE TABLE scheduler_policies (
+            version      INTEGER PRIMARY KEY,
+            policy       TEXT NOT NULL,
+            placement    TEXT NOT NULL,
+            script       TEXT,
+            rules        TEXT,
+            applied_at   REAL NOT NULL,
+            applied_by   TEXT NOT NULL DEFAULT '',
+            fingerprint  TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE pools (
+            pool_id         TEXT PRIMARY KEY,
+            inventory       TEXT NOT NULL,
+            last_heartbeat  REAL NOT NULL,
+            token           TEXT NOT NULL DEFAULT ''
+        );
         """,
     ),
 ]
@@ -397,6 +422,94 @@ class SqliteStore:
 
         return await self._read(run)
 
+
+    # -- scheduler policies and pool inventory ---------------------------------------------
+
+    async def _write_aside(
+        self, fn: Callable[[sqlite3.Connection], None], *, durable: bool
+    ) -> None:
+        """Run ``fn`` in its own short transaction on the reader thread (WAL serialises it
+        with the writer; ``busy_timeout`` waits for it). Rare writes that need not join the
+        job writer's group commits."""
+        sync = "FULL" if durable else "NORMAL"
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute(f"PRAGMA synchronous={sync}")
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                fn(c)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        await self._read(run)
+
+    async def save_policy(self, record: PolicyRecord) -> None:
+        """See :meth:`orchestratord.store.Store.save_policy` (``synchronous=FULL``)."""
+        sql = (
+            "INSERT INTO scheduler_policies (version, policy, placement, script, rules, "
+            "applied_at, applied_by, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        values = (
+            record.version,
+            record.policy,
+            record.placement,
+            record.script,
+            record.rules,
+            record.applied_at,
+            record.applied_by,
+            record.fingerprint,
+        )
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute(sql, values)
+
+        await self._write_aside(run, durable=True)
+
+    async def active_policy(self) -> PolicyRecord | None:
+        """See :meth:`orchestratord.store.Store.active_policy`."""
+        sql = (
+            "SELECT version, policy, placement, script, rules, applied_at, applied_by, "
+            "fingerprint FROM scheduler_policies ORDER BY version DESC LIMIT 1"
+        )
+        r = await self._read(lambda c: c.execute(sql).fetchone())
+        if r is None:
+            return None
+        return PolicyRecord(
+            version=int(r[0]),
+            policy=r[1],
+            placement=r[2],
+            script=r[3],
+            rules=r[4],
+            applied_at=float(r[5]),
+            applied_by=r[6],
+            fingerprint=r[7],
+        )
+
+    async def save_pools(self, pools: Sequence[PoolRecord], removed: Sequence[str] = ()) -> None:
+        """See :meth:`orchestratord.store.Store.save_pools` (``synchronous=NORMAL``)."""
+        upsert = (
+            "INSERT INTO pools (pool_id, inventory, last_heartbeat, token) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (pool_id) DO UPDATE SET inventory = excluded.inventory, "
+            "last_heartbeat = excluded.last_heartbeat, token = excluded.token"
+        )
+        rows = [(p.pool_id, p.inventory, p.last_heartbeat, p.token) for p in pools]
+        gone = [(pool_id,) for pool_id in removed]
+
+        def run(c: sqlite3.Connection) -> None:
+            if rows:
+                c.executemany(upsert, rows)
+            if gone:
+                c.executemany("DELETE FROM pools WHERE pool_id = ?", gone)
+
+        await self._write_aside(run, durable=False)
+
+    async def load_pools(self) -> list[PoolRecord]:
+        """See :meth:`orchestratord.store.Store.load_pools`."""
+        sql = "SELECT pool_id, inventory, last_heartbeat, token FROM pools ORDER BY pool_id"
+        rows = await self._read(lambda c: c.execute(sql).fetchall())
+        return [PoolRecord(r[0], r[1], float(r[2]), r[3]) for r in rows]
 
 def _resolve(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
     for fut, exc in results:

@@ -45,6 +45,8 @@ __all__ = [
     "JobPage",
     "JobRow",
     "MemoryStore",
+    "PolicyRecord",
+    "PoolRecord",
     "Store",
     "StoreUnavailable",
     "StoredEvent",
@@ -280,6 +282,25 @@ class Store(Protocol):
 
 @dataclass
 class MemoryStore:
+    async def save_policy(self, record: PolicyRecord) -> None:
+        """Append ``record`` to the history of applied scheduler policies, durably (before
+        ``PUT /v2/scheduler`` answers). Fenced with the leader's term where the store is
+        shared. Its ``version`` must be new."""
+        ...
+
+    async def active_policy(self) -> PolicyRecord | None:
+        """The policy applied last (the highest version), or ``None``."""
+        ...
+
+    async def save_pools(self, pools: Sequence[PoolRecord], removed: Sequence[str] = ()) -> None:
+        """Upsert the inventory of ``pools`` and forget the pools ``removed``, in one
+        transaction (not durable: a view, not a promise). Fenced like :meth:`save_policy`."""
+        ...
+
+    async def load_pools(self) -> list[PoolRecord]:
+        """Every stored pool inventory, by pool id."""
+        ...
+
     """A :class:`Store` in memory: for unit tests and ``persistence.backend = "memory"``.
 
     Not durable by definition; otherwise it keeps the same rules as the SQL stores (copies in
@@ -380,3 +401,64 @@ class MemoryStore:
             deleted += len(events) - len(kept)
             self._events[job_id] = kept
         return deleted
+
+    # -- scheduler policies and pool inventory ---------------------------------------------
+
+    _policies: list[PolicyRecord] = field(default_factory=list)
+    _pools: dict[str, PoolRecord] = field(default_factory=dict)
+
+    async def save_policy(self, record: PolicyRecord) -> None:
+        """See :meth:`Store.save_policy`."""
+        if any(p.version == record.version for p in self._policies):
+            raise ValueError(f"policy version {record.version} is already stored")
+        self._policies.append(record)
+
+    async def active_policy(self) -> PolicyRecord | None:
+        """See :meth:`Store.active_policy`."""
+        return max(self._policies, key=lambda p: p.version, default=None)
+
+    async def save_pools(self, pools: Sequence[PoolRecord], removed: Sequence[str] = ()) -> None:
+        """See :meth:`Store.save_pools`."""
+        for pool in pools:
+            self._pools[pool.pool_id] = pool
+        for pool_id in removed:
+            self._pools.pop(pool_id, None)
+
+    async def load_pools(self) -> list[PoolRecord]:
+        """See :meth:`Store.load_pools`."""
+        return [self._pools[k] for k in sorted(self._pools)]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    """One scheduler policy applied through ``PUT /v2/scheduler``, as stored (table
+    ``scheduler_policies``: one row per version; the highest is the active one). It holds
+    what re-applies the policy exactly: the policy's name (a built-in, ``rhai`` or
+    ``rules``), the placement in effect, and the Rhai script or YAML rules themselves."""
+
+    version: int
+    """1 for the first policy applied, then one more per apply (0: the configuration's)."""
+    policy: str
+    placement: str
+    script: str | None = None
+    rules: str | None = None
+    applied_at: float = 0.0
+    """Unix time of the apply."""
+    applied_by: str = ""
+    """Who applied it: the principal's kind (``anonymous`` or ``client``)."""
+    fingerprint: str = ""
+    """The fingerprint of the token it was applied with (``""`` without one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRecord:
+    """A pool's last known inventory, as stored (table ``pools``, keyed by ``pool_id``):
+    for views after a restart or a takeover, until the pool heartbeats again."""
+
+    pool_id: str
+    inventory: str
+    """The pool's :class:`~orchestrator_core.PoolInfo` as JSON."""
+    last_heartbeat: float
+    """Unix time of the pool's last registration or heartbeat the leader saw."""
+    token: str = ""
+    """Fingerprint of the token the pool registered with (``""``: none known)."""

@@ -32,13 +32,13 @@ def router(orch: Orchestrator, auth: Authenticator) -> APIRouter:
         openapi_extra=body("SchedulerUpdate"),
     )
     async def put_scheduler(request: Request) -> SchedulerView:
-        """Validate a policy and hot-swap it (operators only)."""
+        """Validate a policy, store it durably and hot-swap it (operators only)."""
         who = auth.authenticate(request.headers.get("authorization"), "client")
         if not who.operator:
             raise OrchestratorError(
                 "only operators may change the policy", code=ErrorCode.FORBIDDEN
             )
         update = SchedulerUpdate.parse(await read_body(request, limit))
-        return await orch.scheduling.swap(update)
+        return await orch.scheduling.swap(update, who)
 
     return api

@@ -6,11 +6,19 @@ A pool's facts live in the cluster model; the library's pure
 pool's new record (refusing conflicts and stale heartbeats) and derive its status from the
 heartbeat's age. Jobs running on a worker a heartbeat no longer reports (or reports failed),
 or on a pool that unregistered or went offline, are handed to the lifecycle as lost.
+
+Each pool's inventory is also stored, for views after a restart or a takeover: at once
+when it registers or unregisters, and with its heartbeats at most every
+:attr:`Fleet.flush_interval_s` (a background flush of the pools that changed; not
+durable). A daemon taking the lead loads it (:meth:`Fleet.restore`): the pools show in
+``GET /v2/pools`` as ``offline`` — no work goes to them — until they heartbeat (or
+register) to this daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import uuid
@@ -34,12 +42,18 @@ from orchestratord.pool_agents import PoolRequestFailed
 from orchestratord.services.context import Context
 from orchestratord.services.jobs import ActiveJob
 from orchestratord.services.lifecycle import Lifecycle
+from orchestratord.store import PoolRecord
 
 __all__ = ["Fleet"]
 
 
 def _set_status(pool_id: str, status: PoolStatus, state: ClusterState) -> None:
     state.set_pool_status(pool_id, status)
+
+
+def _restore_pool(info: PoolInfo, state: ClusterState) -> None:
+    if state.pool_info(info.pool_id) is None:
+        state.upsert_pool(info)
 
 
 class Fleet:
@@ -51,6 +65,14 @@ class Fleet:
         self.rules = HeartbeatRules.from_config(ctx.config)
         self.pool_tokens: dict[str, str] = {}
         """pool_id -> fingerprint of the token it registered with."""
+        self.flush_interval_s = 2.0
+        """Heartbeat inventories are stored at most this often (register/unregister: now)."""
+        self._restored: set[str] = set()
+        """Pools loaded from the store that have not heartbeated to this daemon: offline."""
+        self._dirty: set[str] = set()
+        self._removed: set[str] = set()
+        self._flush_now = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- pools -----------------------------------------------------------------------------
 
@@ -58,7 +80,9 @@ class Fleet:
         """``POST /v2/pools/register``; POOL_CONFLICT if a live pool holds the id elsewhere."""
         info = self.rules.registered(reg, self.ctx.cluster.pool(reg.pool_id), self.ctx.clock())
         self.pool_tokens[reg.pool_id] = principal.fingerprint
+        self._restored.discard(reg.pool_id)
         self.ctx.cluster.mutate(lambda s: s.upsert_pool(info))
+        self._save(reg.pool_id, now=True)
         log(
             "pool.registered",
             "pool registered",
@@ -98,7 +122,9 @@ class Fleet:
                 self.ctx.tasks.spawn(
                     self.lifecycle.worker_gone(a, "worker vanished"), name="worker-gone"
                 )
+        self._restored.discard(pool_id)  # alive: its status is derived again
         self.ctx.cluster.mutate(lambda s: s.upsert_pool(info, sent_at=beat.sent_at))
+        self._save(pool_id, now=False)
         self._gauges()
         self.ctx.changed()
         return info
@@ -109,7 +135,9 @@ class Fleet:
         info = self._existing(pool_id).model_copy(update={"status": PoolStatus.OFFLINE})
         self.pool_tokens.pop(pool_id, None)
         self._lost(pool_id, f"pool {pool_id} went away")
+        self._restored.discard(pool_id)
         self.ctx.cluster.mutate(lambda s: s.remove_pool(pool_id))
+        self._save(pool_id, now=True, removed=True)
         log("pool.unregistered", "pool unregistered", pool_id=pool_id)
         self._gauges()
         self.ctx.changed()
@@ -132,6 +160,8 @@ class Fleet:
         """Apply pool status changes derived from heartbeat ages."""
         now = self.ctx.clock()
         for pool in self.ctx.cluster.pools():
+            if pool.pool_id in self._restored:
+                continue  # offline until it heartbeats to this daemon
             new = self.rules.status(pool, now)
             if new is pool.status:
                 continue
@@ -170,6 +200,103 @@ class Fleet:
             except Exception:
                 log("http.error", "pool sweep failed", level=logging.ERROR, exc_info=True)
             self.ctx.cluster.changed()
+
+    # -- stored inventory ------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Load the stored pool inventory (a daemon taking the lead, or restarting): pools
+        this daemon does not know yet enter the model ``offline`` — shown by the views, given
+        no work — and stay so until they heartbeat or register here. Never raises: a store
+        that cannot be read is logged (the pools come back with their heartbeats)."""
+        try:
+            records = await self.ctx.store.load_pools()
+        except Exception as exc:
+            log(
+                "pool.restored",
+                f"the stored pool inventory could not be read: {exc}",
+                level=logging.ERROR,
+            )
+            return
+        restored = []
+        for record in records:
+            if self.ctx.cluster.pool(record.pool_id) is not None:
+                continue  # registered here meanwhile: fresher than the store
+            try:
+                info = PoolInfo.model_validate_json(record.inventory)
+            except ValueError as exc:
+                log(
+                    "pool.restored",
+                    f"stored inventory of pool {record.pool_id} is unreadable: {exc}",
+                    level=logging.WARNING,
+                    pool_id=record.pool_id,
+                )
+                continue
+            info = info.model_copy(update={"status": PoolStatus.OFFLINE})
+            self._restored.add(info.pool_id)
+            if record.token:
+                self.pool_tokens.setdefault(info.pool_id, record.token)
+            self.ctx.cluster.mutate(functools.partial(_restore_pool, info))
+            restored.append(info.pool_id)
+        if restored:
+            log("pool.restored", "stored pool inventory loaded (offline)", pools=restored)
+        self._gauges()
+        await self.ctx.cluster.settled()
+
+    def _save(self, pool_id: str, *, now: bool, removed: bool = False) -> None:
+        """Store the pool's inventory (``now``: at once, else with the next flush)."""
+        if removed:
+            self._dirty.discard(pool_id)
+            self._removed.add(pool_id)
+        else:
+            self._removed.discard(pool_id)
+            self._dirty.add(pool_id)
+        if now:
+            self._flush_now.set()
+        if self._flusher is None or self._flusher.done():
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # called outside the daemon's loop (model-only tests)
+                return
+            self._flusher = self.ctx.tasks.spawn(self._flush_forever(), name="pool-flush")
+
+    async def flush(self) -> None:
+        """Store the inventories changed since the last flush (failures are logged and the
+        pools kept for the next one)."""
+        dirty, self._dirty = self._dirty, set()
+        removed, self._removed = self._removed, set()
+        records = []
+        for pool_id in sorted(dirty):
+            info = self.ctx.cluster.pool(pool_id)
+            if info is None or pool_id in self._restored:
+                continue
+            records.append(
+                PoolRecord(
+                    pool_id=pool_id,
+                    inventory=info.model_dump_json(),
+                    last_heartbeat=info.last_heartbeat,
+                    token=self.pool_tokens.get(pool_id, ""),
+                )
+            )
+        if not records and not removed:
+            return
+        try:
+            await self.ctx.store.save_pools(records, sorted(removed))
+        except Exception as exc:
+            self._dirty |= dirty - self._removed
+            self._removed |= removed - self._dirty
+            log(
+                "http.error",
+                f"storing the pool inventory failed: {exc}",
+                level=logging.WARNING,
+                pools=sorted(dirty | removed),
+            )
+
+    async def _flush_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self.flush_interval_s)
+            self._flush_now.clear()
+            await self.flush()
 
     # -- worker start / eviction (executed for the scheduler) ------------------------------
 

@@ -51,6 +51,15 @@ class SchedulerView(BaseModel):
     fallbacks: int = 0
     script: str | None = None
     rules: str | None = None
+    version: int = Field(
+        default=0,
+        description="0: the configuration's policy; then one more per PUT (kept across "
+        "restarts and leader changes: the applied policies are stored)",
+    )
+    applied_by: str | None = Field(
+        default=None,
+        description="Who applied it: the principal's kind and its token's fingerprint",
+    )
 
 
 def read_policy_file(path: str) -> str:

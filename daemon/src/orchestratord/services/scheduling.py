@@ -24,6 +24,7 @@ import logging
 import time
 from typing import Any
 
+from orchestrator_core import OrchestratorConfig
 from orchestrator_core.rhai.scheduler import PolicyCall
 from orchestrator_core.scheduling.decisions import (
     Action,
@@ -44,6 +45,7 @@ from orchestrator_core.scheduling.scheduler import (
 )
 from orchestrator_core.scheduling.validation import validate_decision
 
+from orchestratord.auth import Principal
 from orchestratord.logs import log
 from orchestratord.services.context import Context
 from orchestratord.services.fleet import Fleet
@@ -55,6 +57,7 @@ from orchestratord.services.policies import (
     default_registry,
 )
 from orchestratord.services.relay import Relay
+from orchestratord.store import PolicyRecord
 
 __all__ = ["SchedulingLoop"]
 
@@ -99,6 +102,7 @@ class SchedulingLoop:
             since=ctx.clock(),
         )
         ctx.cluster.on_change(self.kick)
+        self._swap_lock = asyncio.Lock()
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -359,30 +363,115 @@ class SchedulingLoop:
 
     # -- hot swap --------------------------------------------------------------------------
 
-    async def swap(self, update: SchedulerUpdate) -> SchedulerView:
-        """Validate ``update`` and make it the active policy. Problems are reported as
-        INVALID_PARAMETER naming the field; the active policy is unchanged then."""
+    async def swap(self, update: SchedulerUpdate, who: Principal | None = None) -> SchedulerView:
+        """Validate ``update``, store it (durably: the next leader, or this daemon after a
+        restart, re-applies it — :meth:`restore`) and make it the active policy. Problems
+        are reported as INVALID_PARAMETER naming the field; the active policy is unchanged
+        then, and when the store refuses the write (STORE_UNAVAILABLE, NOT_LEADER)."""
         scheduler, config = build_policy(
             self.ctx.config, update, self.registry, self._on_policy_call
         )
+        async with self._swap_lock:  # versions are assigned one at a time
+            stored = await self.ctx.store.active_policy()
+            record = PolicyRecord(
+                version=max(self._view.version, stored.version if stored else 0) + 1,
+                policy=update.policy,
+                placement=config.scheduler.placement,
+                script=update.script,
+                rules=update.rules,
+                applied_at=self.ctx.clock(),
+                applied_by="" if who is None else who.kind,
+                fingerprint="" if who is None else who.fingerprint,
+            )
+            await self.ctx.store.save_policy(record)
+            await self._activate(scheduler, config, record)
+        log(
+            "scheduler.swapped",
+            "policy replaced",
+            policy=self._view.policy,
+            placement=self._view.placement,
+            version=record.version,
+            applied_by=self._view.applied_by,
+        )
+        return self.view()
+
+    async def restore(self) -> None:
+        """Re-apply the stored active policy (a daemon taking the lead, or restarting):
+        the one last applied through ``PUT /v2/scheduler``, with its version, author and
+        time; the configuration's policy when none is stored. Never raises: a stored policy
+        that no longer compiles (e.g. after an upgrade), or a store that cannot be read, is
+        logged and the configuration's policy is used."""
+        async with self._swap_lock:
+            await self._restore()
+
+    async def _restore(self) -> None:
+        cfg = self.ctx.config
+        try:
+            record = await self.ctx.store.active_policy()
+        except Exception as exc:
+            log(
+                "scheduler.restore_failed",
+                f"the stored policy could not be read ({exc}): using the configuration's",
+                level=logging.ERROR,
+            )
+            record = None
+        if record is not None:
+            update = SchedulerUpdate(
+                policy=record.policy,
+                placement=record.placement,
+                script=record.script,
+                rules=record.rules,
+            )
+            try:
+                scheduler, config = build_policy(cfg, update, self.registry, self._on_policy_call)
+            except Exception as exc:
+                log(
+                    "scheduler.restore_failed",
+                    f"stored policy version {record.version} does not apply ({exc}): "
+                    "using the configuration's",
+                    level=logging.ERROR,
+                    policy=record.policy,
+                    version=record.version,
+                )
+            else:
+                await self._activate(scheduler, config, record)
+                log(
+                    "scheduler.restored",
+                    "stored policy re-applied",
+                    policy=self._view.policy,
+                    placement=self._view.placement,
+                    version=record.version,
+                    applied_by=self._view.applied_by,
+                )
+                return
+        # The configuration's policy (it may have been swapped out during an earlier term).
+        base = PolicyRecord(
+            version=0 if record is None else record.version,
+            policy=cfg.scheduler.policy,
+            placement=cfg.scheduler.placement,
+            applied_at=self.ctx.clock(),
+        )
+        await self._activate(build_scheduler(cfg, self.registry), cfg, base)
+
+    async def _activate(
+        self, scheduler: Scheduler, config: OrchestratorConfig, record: PolicyRecord
+    ) -> None:
+        """Make ``scheduler`` (built from ``config``) the active policy, described by
+        ``record``; the queue is re-ordered for it."""
         while self.ctx.cluster.is_frozen:  # never swap under a running policy call
             await asyncio.sleep(0.001)
         self.ctx.cluster.state.reindex(
             order=build_queue_order(config), placement=build_placement(config)
         )
         self.scheduler = scheduler
+        who = " ".join(p for p in (record.applied_by, record.fingerprint) if p)
         self._view = SchedulerView(
             policy=scheduler.name or config.scheduler.policy,
             placement=config.scheduler.placement,
-            since=self.ctx.clock(),
-            script=update.script,
-            rules=update.rules,
-        )
-        log(
-            "scheduler.swapped",
-            "policy replaced",
-            policy=self._view.policy,
-            placement=self._view.placement,
+            since=record.applied_at,
+            script=record.script,
+            rules=record.rules,
+            version=record.version,
+            applied_by=who or None,
         )
         self.kick()
-        return self.view()
