@@ -552,8 +552,6 @@ class PostgresStore:
             cur = await conn.execute(sql, (finished_before,))
             return max(cur.rowcount, 0)
 
-
-async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
     # -- scheduler policies and pool inventory ---------------------------------------------
 
     async def _write_aside(
@@ -643,6 +641,8 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
             rows = await cur.fetchall()
         return [PoolRecord(r[0], r[1], float(r[2]), r[3]) for r in rows]
 
+
+async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
     """Apply the missing :data:`MIGRATIONS` on ``conn`` (in autocommit mode) in one
     transaction under :data:`MIGRATION_LOCK`; return the schema version reached."""
     async with conn.transaction():

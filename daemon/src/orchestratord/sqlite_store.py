@@ -422,7 +422,6 @@ class SqliteStore:
 
         return await self._read(run)
 
-
     # -- scheduler policies and pool inventory ---------------------------------------------
 
     async def _write_aside(
@@ -510,6 +509,7 @@ class SqliteStore:
         sql = "SELECT pool_id, inventory, last_heartbeat, token FROM pools ORDER BY pool_id"
         rows = await self._read(lambda c: c.execute(sql).fetchall())
         return [PoolRecord(r[0], r[1], float(r[2]), r[3]) for r in rows]
+
 
 def _resolve(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
     for fut, exc in results:

@@ -279,9 +279,6 @@ class Store(Protocol):
         number of events deleted."""
         ...
 
-
-@dataclass
-class MemoryStore:
     async def save_policy(self, record: PolicyRecord) -> None:
         """Append ``record`` to the history of applied scheduler policies, durably (before
         ``PUT /v2/scheduler`` answers). Fenced with the leader's term where the store is
@@ -301,6 +298,9 @@ class MemoryStore:
         """Every stored pool inventory, by pool id."""
         ...
 
+
+@dataclass
+class MemoryStore:
     """A :class:`Store` in memory: for unit tests and ``persistence.backend = "memory"``.
 
     Not durable by definition; otherwise it keeps the same rules as the SQL stores (copies in
