@@ -367,6 +367,7 @@ class PostgresStore:
         jobs: Sequence[JobRow] = (),
         events: Sequence[StoredEvent] = (),
         durable: bool = True,
+        unfenced: bool = False,
         fence: Fence | None = None,
     ) -> None:
         """See :meth:`orchestratord.store.Store.commit` (group-committed by the writer).
@@ -376,7 +377,8 @@ class PostgresStore:
         — and share-locks — the lease row: the write commits only if that epoch is still
         the current one, else nothing is applied and :class:`~orchestratord.store.FencedOut`
         is raised. Without it the write carries :attr:`term_fence` (unfenced when that is
-        ``None``: a store no daemon leads with). A database that cannot be reached raises
+        ``None``: a store no daemon leads with); ``unfenced=True`` writes without a fence
+        (a submission, which any daemon may store). A database that cannot be reached raises
         :class:`~orchestratord.store.StoreUnavailable`."""
         if self._writer is None or self._writer.done():
             raise RuntimeError("PostgresStore is not open")
@@ -387,7 +389,7 @@ class PostgresStore:
             terminal_jobs=[e.job_id for e in events if e.terminal],
             durable=durable,
             future=asyncio.get_running_loop().create_future(),
-            fence=fence if fence is not None else self.term_fence,
+            fence=None if unfenced else fence if fence is not None else self.term_fence,
         )
         self._queue.put_nowait(write)
         await write.future

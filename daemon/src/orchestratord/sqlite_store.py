@@ -275,6 +275,7 @@ class SqliteStore:
         jobs: Sequence[JobRow] = (),
         events: Sequence[StoredEvent] = (),
         durable: bool = True,
+        unfenced: bool = False,
     ) -> None:
         """See :meth:`orchestratord.store.Store.commit` (group-committed by the writer)."""
         if self._writer is None or self._loop is None:

@@ -247,10 +247,13 @@ class Store(Protocol):
         jobs: Sequence[JobRow] = (),
         events: Sequence[StoredEvent] = (),
         durable: bool = True,
+        unfenced: bool = False,
     ) -> None:
         """Upsert ``jobs`` and append ``events`` in one transaction. A new job row gets the
         next ``seq``. Raises :class:`DuplicateTerminalEvent` for a second terminal event of a
-        job (nothing of the transaction is then applied)."""
+        job (nothing of the transaction is then applied). ``unfenced``: a write any daemon
+        may make whatever its role (a submission) — a store shared by several daemons
+        (PostgreSQL) fences every other write with the leader's term."""
         ...
 
     async def get_job(self, job_id: str) -> JobRow | None:
@@ -325,6 +328,7 @@ class MemoryStore:
         jobs: Sequence[JobRow] = (),
         events: Sequence[StoredEvent] = (),
         durable: bool = True,
+        unfenced: bool = False,
     ) -> None:
         """See :meth:`Store.commit`."""
         terminal = {e.job_id for e in events if e.terminal}
