@@ -187,9 +187,12 @@ class Orchestrator:
         self.ctx.hand_off(f"{_CANCEL}{job_id}")
 
     async def _lead(self) -> None:
-        """Take the queue: recover the unfinished jobs from the store, start the timers and
-        the scheduler (and, with other daemons, take the jobs they store)."""
+        """Take the queue: restore the applied policy and the pools' inventory, recover the
+        unfinished jobs from the store, start the timers and the scheduler (and, with other
+        daemons, take the jobs they store)."""
         self.ctx.leading = True
+        await self.scheduling.restore()  # the policy applied last, with its version
+        await self.fleet.restore()  # pools' last inventory (offline until they heartbeat)
         await recover(self.ctx, self.lifecycle)
         self.ctx.tasks.spawn(self.fleet.sweep_forever(), name="pool-sweep")
         self.ctx.tasks.spawn(self._purge_forever(), name="result-purge")
