@@ -97,6 +97,13 @@ def cluster_of(n: int, tmp: Path, dsn: str) -> Iterator[list[DaemonProcess]]:
             d.stop()
 
 
+def pool_of(daemons: list[DaemonProcess], es: list[EngineProcess]) -> HeartbeatingPool:
+    """A pool of ``es`` (4 jobs at once each) that knows every daemon, the leader first."""
+    leader = leader_of(daemons)
+    urls = [d.url for d in sorted(daemons, key=lambda d: d is not leader)]
+    return HeartbeatingPool(urls[0], es, interval_s=0.2, others=urls[1:], max_concurrency=4)
+
+
 class Load:
     """Clients submitting steadily to every daemon in turn; a submission refused by a
     follower (503) or a dead daemon goes to the next one. Records every 202 and every
@@ -198,8 +205,7 @@ def test_kill_9_of_the_leader_ten_times_under_load(tmp_path: Path, postgres_dsn:
         cluster_of(3, tmp_path, postgres_dsn) as daemons,
         engines(2, args=args) as es,
     ):
-        urls = [d.url for d in daemons]
-        pool = HeartbeatingPool(urls[0], es, interval_s=0.2, others=urls[1:], max_concurrency=4)
+        pool = pool_of(daemons, es)
         with pool, Load(daemons) as load:
             wait_until(lambda: len(load.accepted) >= 20, 30, "jobs accepted")
             for _ in range(10):
@@ -247,8 +253,7 @@ def test_a_frozen_leader_is_fenced_out_then_steps_down(tmp_path: Path, postgres_
         cluster_of(2, tmp_path, postgres_dsn) as daemons,
         engines(2, args=args) as es,
     ):
-        urls = [d.url for d in daemons]
-        pool = HeartbeatingPool(urls[0], es, interval_s=0.2, others=urls[1:], max_concurrency=4)
+        pool = pool_of(daemons, es)
         with pool, Load(daemons, threads=2) as load:
             wait_until(lambda: len(load.accepted) >= 10, 30, "jobs accepted")
             old = leader_of(daemons)
@@ -279,8 +284,7 @@ def test_a_postgres_restart_is_503_then_nothing_is_lost(
         cluster_of(2, tmp_path, postgres_dsn) as daemons,
         engines(1, args=args) as es,
     ):
-        urls = [d.url for d in daemons]
-        pool = HeartbeatingPool(urls[0], es, interval_s=0.2, others=urls[1:], max_concurrency=4)
+        pool = pool_of(daemons, es)
         with pool, Load(daemons, threads=2) as load:
             wait_until(lambda: len(load.accepted) >= 10, 30, "jobs accepted")
             refused = load.refused
@@ -329,8 +333,7 @@ def test_followers_take_submissions_and_serve_streams_with_resume(
         leader = leader_of(daemons)
         assert leader is not None
         f1, f2 = [d for d in daemons if d is not leader]
-        urls = [leader.url, f1.url, f2.url]
-        with HeartbeatingPool(urls[0], es, interval_s=0.2, others=urls[1:], max_concurrency=4):
+        with pool_of(daemons, es):
             body = {"model": "m1", "prompt": "p", "max_tokens": 20}
             r = httpx.post(f1.url + "/v2/tasks", json=body, timeout=10)
             assert r.status_code == 202, r.text  # stored by a follower, run by the leader
@@ -367,8 +370,7 @@ def test_a_stream_through_a_follower_survives_the_leaders_death(
         leader = leader_of(daemons)
         assert leader is not None
         follower = next(d for d in daemons if d is not leader)
-        urls = [leader.url, *(d.url for d in daemons if d is not leader)]
-        with HeartbeatingPool(urls[0], es, interval_s=0.2, others=urls[1:], max_concurrency=4):
+        with pool_of(daemons, es):
             body = {"model": "m1", "prompt": "p", "max_tokens": 60}
             job_id = httpx.post(follower.url + "/v2/tasks", json=body, timeout=10).json()["job_id"]
             seen: list[tuple[int, str]] = []

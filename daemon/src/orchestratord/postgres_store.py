@@ -65,6 +65,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from orchestratord.store import (
+    JOB_COLUMNS,
     DuplicateTerminalEvent,
     FencedOut,
     JobFilter,
@@ -229,32 +230,7 @@ MIGRATIONS: list[tuple[int, LiteralString]] = [
 ]
 """Versioned schema migrations, applied in order. Append; never edit a released one."""
 
-_JOB_COLUMNS: list[LiteralString] = [
-    "job_id",
-    "model_ref",
-    "prompt",
-    "prompt_hash",
-    "params",
-    "priority",
-    "status",
-    "session_id",
-    "tenant_id",
-    "created_at",
-    "queued_at",
-    "started_at",
-    "finished_at",
-    "attempts",
-    "pool_id",
-    "worker_id",
-    "worker_uri",
-    "error_code",
-    "error_message",
-    "timeout_s",
-    "tokens",
-    "first_token_at",
-    "correlation_id",
-    "kind",
-]
+_JOB_COLUMNS = JOB_COLUMNS
 # Column names below are constants of this module, never input: the f-strings are safe.
 _COLS = ", ".join(_JOB_COLUMNS)
 _PARAMS = ", ".join(f"%({c})s" for c in _JOB_COLUMNS)
@@ -599,23 +575,11 @@ class PostgresStore:
     async def active_policy(self) -> PolicyRecord | None:
         """See :meth:`orchestratord.store.Store.active_policy`."""
         async with self._read() as conn:
-            cur = await conn.execute(
-                "SELECT version, policy, placement, script, rules, applied_at, applied_by, "
-                "fingerprint FROM scheduler_policies ORDER BY version DESC LIMIT 1"
-            )
+            cur = await conn.execute(PolicyRecord.LATEST_SQL)
             r = await cur.fetchone()
         if r is None:
             return None
-        return PolicyRecord(
-            version=int(r[0]),
-            policy=r[1],
-            placement=r[2],
-            script=r[3],
-            rules=r[4],
-            applied_at=float(r[5]),
-            applied_by=r[6],
-            fingerprint=r[7],
-        )
+        return PolicyRecord.of_row(r)
 
     async def save_pools(self, pools: Sequence[PoolRecord], removed: Sequence[str] = ()) -> None:
         """See :meth:`orchestratord.store.Store.save_pools` (``synchronous_commit = off``,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, LiteralString, Protocol, runtime_checkable
 
 import orjson
 from orchestrator_core import (
@@ -38,6 +38,7 @@ from orchestrator_core import (
 )
 
 __all__ = [
+    "JOB_COLUMNS",
     "TERMINAL_KINDS",
     "DuplicateTerminalEvent",
     "FencedOut",
@@ -55,6 +56,34 @@ __all__ = [
     "row_from_mapping",
     "row_values",
 ]
+
+JOB_COLUMNS: tuple[LiteralString, ...] = (
+    "job_id",
+    "model_ref",
+    "prompt",
+    "prompt_hash",
+    "params",
+    "priority",
+    "status",
+    "session_id",
+    "tenant_id",
+    "created_at",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "pool_id",
+    "worker_id",
+    "worker_uri",
+    "error_code",
+    "error_message",
+    "timeout_s",
+    "tokens",
+    "first_token_at",
+    "correlation_id",
+    "kind",
+)
+"""The columns of a stored job row, as :func:`row_values` names them (both SQL stores)."""
 
 TERMINAL_KINDS = frozenset({"end", "error"})
 """SSE event kinds that end a job's stream."""
@@ -452,6 +481,26 @@ class PolicyRecord:
     """Who applied it: the principal's kind (``anonymous`` or ``client``)."""
     fingerprint: str = ""
     """The fingerprint of the token it was applied with (``""`` without one)."""
+
+    LATEST_SQL: ClassVar[LiteralString] = (
+        "SELECT version, policy, placement, script, rules, applied_at, applied_by, "
+        "fingerprint FROM scheduler_policies ORDER BY version DESC LIMIT 1"
+    )
+    """The query of the active policy (SQLite and PostgreSQL); its row -> :meth:`of_row`."""
+
+    @classmethod
+    def of_row(cls, r: Sequence[Any]) -> PolicyRecord:
+        """The record of a row of :attr:`LATEST_SQL`."""
+        return cls(
+            version=int(r[0]),
+            policy=r[1],
+            placement=r[2],
+            script=r[3],
+            rules=r[4],
+            applied_at=float(r[5]),
+            applied_by=r[6],
+            fingerprint=r[7],
+        )
 
 
 @dataclass(frozen=True, slots=True)
