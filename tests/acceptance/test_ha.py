@@ -392,3 +392,27 @@ def test_a_stream_through_a_follower_survives_the_leaders_death(
 
 def _tokens_of(d: DaemonProcess, job_id: str) -> bool:
     return int(httpx.get(f"{d.url}/v2/tasks/{job_id}", timeout=5).json()["tokens_generated"]) > 0
+
+
+def test_a_follower_refuses_a_submission_when_the_queue_is_full(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    full = CONFIG.format(heartbeat=HEARTBEAT_S, dsn=postgres_dsn).replace(
+        "capacity = -1", "capacity = 2"
+    )
+    daemons = []
+    try:
+        for i in range(2):
+            (tmp_path / f"d{i}").mkdir()
+            daemons.append(DaemonProcess(tmp_path / f"d{i}", full).start(until="/health"))
+        wait_until(lambda: leader_of(daemons) is not None, 20, "a leader")
+        follower = next(d for d in daemons if role(d) == "follower")
+        body = {"model": "m1", "prompt": "p", "max_tokens": 2}
+        codes = [
+            httpx.post(follower.url + "/v2/tasks", json=body, timeout=10).status_code
+            for _ in range(3)
+        ]  # no pool: the jobs stay queued
+        assert codes == [202, 202, 429]
+    finally:
+        for d in daemons:
+            d.stop()

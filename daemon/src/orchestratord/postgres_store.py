@@ -499,6 +499,13 @@ class PostgresStore:
             _SELECT_JOB + " WHERE status IN ('queued', 'running') ORDER BY seq"
         )
 
+    async def queued_count(self) -> int:
+        """See :meth:`orchestratord.store.Store.queued_count`."""
+        async with self._read() as conn:
+            cur = await conn.execute("SELECT count(*) FROM jobs WHERE status = 'queued'")
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
+
     async def events_after(self, job_id: str, after: int) -> list[StoredEvent]:
         """See :meth:`orchestratord.store.Store.events_after`."""
         sql: LiteralString = (

@@ -370,6 +370,12 @@ class SqliteStore:
         rows = await self._read(lambda c: c.execute(sql).fetchall())
         return [row_from_mapping(dict(r)) for r in rows]
 
+    async def queued_count(self) -> int:
+        """See :meth:`orchestratord.store.Store.queued_count`."""
+        sql = "SELECT count(*) FROM jobs WHERE status = 'queued'"
+        row = await self._read(lambda c: c.execute(sql).fetchone())
+        return int(row[0])
+
     async def events_after(self, job_id: str, after: int) -> list[StoredEvent]:
         """See :meth:`orchestratord.store.Store.events_after`."""
         sql = (

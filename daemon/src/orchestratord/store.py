@@ -297,6 +297,10 @@ class Store(Protocol):
         """Every queued or running job, in admission order (for restart recovery)."""
         ...
 
+    async def queued_count(self) -> int:
+        """How many jobs are queued (a follower's capacity check)."""
+        ...
+
     async def events_after(self, job_id: str, after: int) -> list[StoredEvent]:
         """Events of ``job_id`` with ``event_id > after``, in order."""
         ...
@@ -412,6 +416,10 @@ class MemoryStore:
         """See :meth:`Store.unfinished_jobs`."""
         rows = [r for r in self._rows.values() if not r.job.is_terminal]
         return [r.copy() for r in sorted(rows, key=lambda r: r.seq)]
+
+    async def queued_count(self) -> int:
+        """See :meth:`Store.queued_count`."""
+        return sum(1 for r in self._rows.values() if r.job.status is JobStatus.QUEUED)
 
     async def events_after(self, job_id: str, after: int) -> list[StoredEvent]:
         """See :meth:`Store.events_after`."""

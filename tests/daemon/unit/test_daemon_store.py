@@ -140,6 +140,17 @@ async def test_unfinished_jobs_come_back_in_admission_order(store: Store) -> Non
     ]
 
 
+async def test_queued_count_counts_only_queued_jobs(store: Store) -> None:
+    assert await store.queued_count() == 0
+    rows = [row(i) for i in range(4)]
+    await store.commit(jobs=rows)
+    assert await store.queued_count() == 4
+    rows[1].job.cancel(now=2000.0)
+    rows[2].job.start(pool_id="p", worker_id="w", now=2000.0)
+    await store.commit(jobs=[rows[1], rows[2]])
+    assert await store.queued_count() == 2
+
+
 async def test_purge_keeps_rows_and_terminal_events(store: Store) -> None:
     r = row(1)
     r.job.cancel(now=1500.0)

@@ -38,6 +38,7 @@ from orchestrator_core import (
     OrchestratorError,
     PoolStatus,
     Priority,
+    QueueFull,
     RequestInvalid,
     TaskSubmitRequest,
     TaskSubmitResponse,
@@ -236,8 +237,13 @@ class Admission:
         self, job: Job, timeout_s: float, correlation_id: str
     ) -> TaskSubmitResponse:
         """A follower's admission: the job is stored durably (unfenced: any daemon may) and
-        handed to the leader, which takes it into its queue. Capacity and quotas are the
-        leader's to enforce; the position given is 0."""
+        handed to the leader, which takes it into its queue. The queue's capacity is checked
+        against the jobs queued in the store (a full queue is ``429 QUEUE_FULL`` here too,
+        whatever ``queue.full_policy``: only the leader may drop a job); tenant quotas are
+        the leader's to enforce; the position given is 0."""
+        capacity = self.ctx.config.queue.capacity
+        if capacity >= 0 and await self.ctx.store.queued_count() >= capacity:
+            raise QueueFull(capacity)
         row = JobRow(job=job, timeout_s=timeout_s, correlation_id=correlation_id)
         queued = EventWriter.queued_event(job.job_id, 0, job.model_ref)
         try:
