@@ -7,14 +7,13 @@ BIN := $(VENV)/bin
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/llama-orch-target
 PARTS := core daemon cli pool
 
-.PHONY: install check lint typecheck contracts stubtest test pytest bench run clean
+.PHONY: install postgres check lint typecheck contracts stubtest test pytest bench run clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 install: $(BIN)/python
-	bash scripts/install-postgres.sh  # PostgreSQL server binaries for the tests' throwaway cluster
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -r requirements-engine.txt
 	$(BIN)/python -m pip install -q $(foreach p,$(wildcard $(PARTS)),-e ./$(p))
 
@@ -38,9 +37,14 @@ check: lint typecheck contracts
 pytest:
 	$(BIN)/python -m pytest -q
 
-test: install check pytest
+# PostgreSQL server binaries (Debian's package) for the tests' throwaway clusters and the HA
+# benchmark; `make run` needs none (SQLite).
+postgres:
+	bash scripts/install-postgres.sh
 
-bench: install
+test: install postgres check pytest
+
+bench: install postgres
 	$(BIN)/python benchmarks/run_all.py
 
 run: install

@@ -3,7 +3,7 @@ PostgreSQL, and 2 and 3 orchestratord on one PostgreSQL behind a round-robin cli
 
 Real processes: ``orchestratord`` daemons (:class:`DaemonProcess`) and a throwaway
 PostgreSQL cluster (``tests/support/postgres.py``: ``initdb`` into a temporary directory,
-deleted at the end; ``make install`` installs the server binaries). Every daemon has an
+deleted at the end; ``make postgres`` installs the server binaries). Every daemon has an
 unbounded queue and no pools, so every job stays queued: the figures are admission only
 (parse, validate, enqueue, durable commit, 202).
 

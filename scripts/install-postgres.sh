@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the PostgreSQL server binaries that the tests' throwaway cluster needs
 # (tests/support/postgres.py: initdb + pg_ctl under /usr/lib/postgresql/<version>/bin), from
-# Debian's `postgresql` package, unless they are already there. `make install` runs it.
+# Debian's `postgresql` package, unless they are already there. `make postgres` (and so `make test`) runs it.
 #
 # As root (CI) it calls apt-get directly, otherwise through sudo. Where there is no apt-get it
 # fails under CI (CI set) — the PostgreSQL tests must run there — and only warns elsewhere

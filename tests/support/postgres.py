@@ -2,7 +2,7 @@
 with ``pg_ctl`` on a free loopback port, stopped and deleted at the end.
 
 * The binaries are the Debian ``postgresql`` package's (``/usr/lib/postgresql/<v>/bin``, the
-  newest version found), or ``$LLORCH_PG_BINDIR``, or ``initdb`` on ``PATH``. ``make install``
+  newest version found), or ``$LLORCH_PG_BINDIR``, or ``initdb`` on ``PATH``. ``make postgres`` (part of ``make test``)
   installs the package when it is missing (``scripts/install-postgres.sh``).
 * PostgreSQL refuses to run as root: when the tests run as root (as CI does), the cluster
   belongs to the ``postgres`` system user (created by the package; ``llorch-pg`` is created
@@ -92,7 +92,7 @@ def postgres_unavailable() -> str | None:
     if find_bindir() is None:
         return (
             "PostgreSQL server binaries not found (no initdb under /usr/lib/postgresql/*/bin, "
-            "$LLORCH_PG_BINDIR or PATH); `make install` installs them "
+            "$LLORCH_PG_BINDIR or PATH); `make postgres` (part of `make test`) installs them "
             "(scripts/install-postgres.sh)"
         )
     return None
