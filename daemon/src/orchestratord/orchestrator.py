@@ -240,9 +240,9 @@ class Orchestrator:
         while True:
             await asyncio.sleep(_ADOPT_EVERY_S)
             try:
-                for row in await self.ctx.store.unfinished_jobs():
-                    if self.ctx.jobs.get(row.job.job_id) is None:
-                        await adopt(self.ctx, self.lifecycle, row.job.job_id)
+                for job_id in await self.ctx.store.unfinished_ids():
+                    if self.ctx.jobs.get(job_id) is None:
+                        await adopt(self.ctx, self.lifecycle, job_id)
             except Exception:
                 log("http.error", "adoption sweep failed", level=logging.ERROR, exc_info=True)
 

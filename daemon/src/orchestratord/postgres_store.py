@@ -499,6 +499,15 @@ class PostgresStore:
             _SELECT_JOB + " WHERE status IN ('queued', 'running') ORDER BY seq"
         )
 
+    async def unfinished_ids(self) -> list[str]:
+        """See :meth:`orchestratord.store.Store.unfinished_ids`."""
+        async with self._read() as conn:
+            cur = await conn.execute(
+                "SELECT job_id FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"
+            )
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
+
     async def queued_count(self) -> int:
         """See :meth:`orchestratord.store.Store.queued_count`."""
         async with self._read() as conn:

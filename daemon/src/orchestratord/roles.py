@@ -76,7 +76,9 @@ class Roles:
         self._step_down = step_down
         self.url = advertise_url(config)
         self.leading = False
-        """True while this instance runs the queue."""
+        """True while this instance runs the queue (from the start of taking the lead)."""
+        self.recovered = False
+        """True once this leader has restored the queue and started scheduling."""
         self._store = store if isinstance(store, PostgresStore) else None
         self.lease: PostgresLease | None = None
         if self._store is not None:
@@ -154,6 +156,7 @@ class Roles:
         log("daemon.leader", "leading: running the queue", epoch=epoch, url=self.url)
         try:
             await self._lead()
+            self.recovered = True
         except Exception:
             log("daemon.leader", "taking the lead failed", level=40, exc_info=True)
             await self._lost("taking the lead failed")
@@ -163,7 +166,7 @@ class Roles:
     async def _lost(self, why: str) -> None:
         if not self.leading:
             return
-        self.leading = False
+        self.leading = self.recovered = False
         self.metrics.leader.set(0)
         log("daemon.follower", f"stepping down: {why}", epoch=self.epoch)
         await self._step_down(why)

@@ -370,6 +370,12 @@ class SqliteStore:
         rows = await self._read(lambda c: c.execute(sql).fetchall())
         return [row_from_mapping(dict(r)) for r in rows]
 
+    async def unfinished_ids(self) -> list[str]:
+        """See :meth:`orchestratord.store.Store.unfinished_ids`."""
+        sql = "SELECT job_id FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"
+        rows = await self._read(lambda c: c.execute(sql).fetchall())
+        return [str(r[0]) for r in rows]
+
     async def queued_count(self) -> int:
         """See :meth:`orchestratord.store.Store.queued_count`."""
         sql = "SELECT count(*) FROM jobs WHERE status = 'queued'"

@@ -301,6 +301,11 @@ class Store(Protocol):
         """How many jobs are queued (a follower's capacity check)."""
         ...
 
+    async def unfinished_ids(self) -> list[str]:
+        """The ids of every queued or running job, in admission order (cheaper than
+        :meth:`unfinished_jobs`: the leader's sweep for jobs other daemons stored)."""
+        ...
+
     async def events_after(self, job_id: str, after: int) -> list[StoredEvent]:
         """Events of ``job_id`` with ``event_id > after``, in order."""
         ...
@@ -416,6 +421,10 @@ class MemoryStore:
         """See :meth:`Store.unfinished_jobs`."""
         rows = [r for r in self._rows.values() if not r.job.is_terminal]
         return [r.copy() for r in sorted(rows, key=lambda r: r.seq)]
+
+    async def unfinished_ids(self) -> list[str]:
+        """See :meth:`Store.unfinished_ids`."""
+        return [r.job.job_id for r in await self.unfinished_jobs()]
 
     async def queued_count(self) -> int:
         """See :meth:`Store.queued_count`."""

@@ -138,6 +138,7 @@ async def test_unfinished_jobs_come_back_in_admission_order(store: Store) -> Non
         ("job-0002", JobStatus.RUNNING),
         ("job-0003", JobStatus.QUEUED),
     ]
+    assert await store.unfinished_ids() == ["job-0000", "job-0002", "job-0003"]
 
 
 async def test_queued_count_counts_only_queued_jobs(store: Store) -> None:

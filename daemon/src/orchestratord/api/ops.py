@@ -71,7 +71,7 @@ def router(orch: Orchestrator) -> APIRouter:
         leads (503 otherwise: a follower is not ready, so a load balancer sends clients to
         the leader)."""
         body = health_now()
-        ok = orch.ready and orch.leading
+        ok = orch.ready and orch.roles.recovered
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
 
     return api
