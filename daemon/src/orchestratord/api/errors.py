@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import AsyncIterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,9 +31,10 @@ __all__ = [
     "correlation_id",
     "correlation_id_of",
     "error_response",
-    "is_openai_path",
     "install_error_handlers",
+    "is_openai_path",
     "read_body",
+    "read_limited",
 ]
 
 _CORRELATION_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -127,23 +129,28 @@ class CorrelationMiddleware:
             correlation_id_var.reset(token)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (413) without reading it all."""
-    declared = request.headers.get("content-length")
+async def read_limited(chunks: AsyncIterable[bytes], declared: str | None, limit: int) -> bytes:
+    """A request body from ``chunks``, refusing more than ``limit`` bytes (413) without
+    reading it all: at once when the declared ``Content-Length`` is over, else as soon as
+    the chunks pass it."""
+    too_large = OrchestratorError(
+        f"body: larger than {limit} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE
+    )
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise OrchestratorError(
-            f"body: larger than {limit} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE
-        )
-    chunks: list[bytes] = []
+        raise too_large
+    parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise OrchestratorError(
-                f"body: larger than {limit} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (413) without reading it all."""
+    return await read_limited(request.stream(), request.headers.get("content-length"), limit)
 
 
 def install_error_handlers(app: FastAPI) -> None:

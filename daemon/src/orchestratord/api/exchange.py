@@ -13,14 +13,14 @@ with the correlation id on every response.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-from orchestrator_core import ErrorCode, OrchestratorError
+from orchestrator_core import OrchestratorError
 from starlette.types import Receive, Scope, Send
 
-from orchestratord.api.errors import error_response
+from orchestratord.api.errors import error_response, read_limited
 
 __all__ = ["ClientGone", "Exchange"]
 
@@ -77,26 +77,17 @@ class Exchange:
     async def body(self, limit: int) -> bytes:
         """The request body, refusing more than ``limit`` bytes (413) without reading it all;
         :class:`ClientGone` if the client leaves first."""
-        declared = self.headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise OrchestratorError(
-                f"body: larger than {limit} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE
-            )
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise OrchestratorError(
-                    f"body: larger than {limit} bytes", code=ErrorCode.PAYLOAD_TOO_LARGE
-                )
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                yield message.get("body", b"")
+                if not message.get("more_body", False):
+                    return
+
+        return await read_limited(chunks(), self.header(b"content-length"), limit)
 
     def on_disconnect(self, callback: Callable[[], None]) -> None:
         """If the client closes its connection before the reply is complete: call
