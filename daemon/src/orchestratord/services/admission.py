@@ -27,6 +27,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator_core import (
     ErrorCode,
@@ -199,31 +200,19 @@ class Admission:
         self.ctx.jobs.add(a)
         self._reserve(job, +1)
         try:
-            await self.ctx.store.commit(jobs=rows, events=events, durable=True)
-        except Exception as exc:
+            await self._store(rows, events)
+        except OrchestratorError:
             self._reserve(job, -1)
             self.ctx.jobs.discard(job.job_id)
             self._undrop(dropped)
-            if isinstance(exc, OrchestratorError):  # the store's own: 503 NOT_LEADER, ...
-                log("http.error", f"admission commit refused: {exc}", level=logging.WARNING)
-                raise
-            log("http.error", "admission commit failed", level=logging.ERROR, exc_info=True)
-            raise OrchestratorError("could not store the job", code=ErrorCode.INTERNAL) from None
+            raise
         a.stream.publish(queued)
         a.pending = False
         self.ctx.cluster.mutate(lambda state: self._enter(state, job))
         if dropped is not None:
             self._dropped(dropped, events[-1])
         self.lifecycle.arm_deadline(a)
-        self.ctx.metrics.tasks_enqueued.labels(str(job.priority)).inc()
-        log(
-            "job.admitted",
-            "job queued",
-            job_id=job.job_id,
-            model=model_ref,
-            priority=str(job.priority),
-            position=decision.position,
-        )
+        self._admitted(job, "job queued", position=decision.position)
         await self.ctx.cluster.settled()  # 202 once the job is in the model (read your write)
         self.ctx.changed()
         position = self.ctx.cluster.position(job.job_id)
@@ -231,6 +220,32 @@ class Admission:
             job_id=job.job_id,
             queue_position=decision.position if position is None else position,
             events_url=f"/v2/tasks/{job.job_id}/events",
+        )
+
+    async def _store(
+        self, rows: list[JobRow], events: list[StoredEvent], *, unfenced: bool = False
+    ) -> None:
+        """The admission's durable commit. The store's own refusals (503 ``NOT_LEADER``,
+        ``STORE_UNAVAILABLE``) pass as they are; anything else is 500 ``INTERNAL``."""
+        try:
+            await self.ctx.store.commit(jobs=rows, events=events, durable=True, unfenced=unfenced)
+        except OrchestratorError as exc:
+            log("http.error", f"admission commit refused: {exc}", level=logging.WARNING)
+            raise
+        except Exception:
+            log("http.error", "admission commit failed", level=logging.ERROR, exc_info=True)
+            raise OrchestratorError("could not store the job", code=ErrorCode.INTERNAL) from None
+
+    def _admitted(self, job: Job, message: str, **fields: Any) -> None:
+        """Count and log an admitted job."""
+        self.ctx.metrics.tasks_enqueued.labels(str(job.priority)).inc()
+        log(
+            "job.admitted",
+            message,
+            job_id=job.job_id,
+            model=job.model_ref,
+            priority=str(job.priority),
+            **fields,
         )
 
     async def _for_the_leader(
@@ -246,22 +261,9 @@ class Admission:
             raise QueueFull(capacity)
         row = JobRow(job=job, timeout_s=timeout_s, correlation_id=correlation_id)
         queued = EventWriter.queued_event(job.job_id, 0, job.model_ref)
-        try:
-            await self.ctx.store.commit(jobs=[row], events=[queued], durable=True, unfenced=True)
-        except OrchestratorError:
-            raise
-        except Exception:
-            log("http.error", "admission commit failed", level=logging.ERROR, exc_info=True)
-            raise OrchestratorError("could not store the job", code=ErrorCode.INTERNAL) from None
+        await self._store([row], [queued], unfenced=True)
         self.ctx.hand_off(job.job_id)
-        self.ctx.metrics.tasks_enqueued.labels(str(job.priority)).inc()
-        log(
-            "job.admitted",
-            "job stored for the leader",
-            job_id=job.job_id,
-            model=job.model_ref,
-            priority=str(job.priority),
-        )
+        self._admitted(job, "job stored for the leader")
         return TaskSubmitResponse(
             job_id=job.job_id, queue_position=0, events_url=f"/v2/tasks/{job.job_id}/events"
         )
