@@ -113,15 +113,9 @@ def create_app(
     lifespan (``app.state.orchestrator`` is the :class:`Orchestrator`). ``scheduler_registry``
     names the policies ``scheduler.policy`` may choose (default: the core's built-ins).
     Raises :class:`ConfigInvalid` for a policy no scheduler is registered for."""
-    built: list[Orchestrator] = []
 
     def registered_fingerprint(endpoint: str) -> str | None:
-        """The fingerprint of the token the pool at ``endpoint`` registered with."""
-        for o in built:
-            for pool in o.ctx.cluster.pools():
-                if pool.endpoint == endpoint:
-                    return o.fleet.pool_tokens.get(pool.pool_id)
-        return None
+        return orch.fleet.fingerprint_at(endpoint)  # ``orch`` is built just below
 
     orch = Orchestrator(
         config,
@@ -133,7 +127,6 @@ def create_app(
         metrics=metrics,
         scheduler_registry=scheduler_registry,
     )
-    built.append(orch)
     auth = Authenticator(config)
 
     @asynccontextmanager

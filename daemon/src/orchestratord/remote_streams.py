@@ -359,8 +359,9 @@ class RemoteStreams:
                 delay = f.not_before - time.monotonic()
                 if delay > 0:
                     f.kick.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(f.kick.wait(), delay)
+                    with contextlib.suppress(TimeoutError):  # asyncio.timeout: see streams
+                        async with asyncio.timeout(delay):
+                            await f.kick.wait()
                     continue
             f.wanted = f.urgent = False
             before = stream.last_id

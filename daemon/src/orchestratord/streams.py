@@ -139,7 +139,10 @@ class JobStream:
             # always wakes this follower (no lost wake-up).
             published = self.next_publish()
             try:
-                await asyncio.wait_for(asyncio.shield(published), timeout=idle_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel (the
+                # client left) that comes as the event is published
+                async with asyncio.timeout(idle_s):
+                    await asyncio.shield(published)
             except TimeoutError:
                 yield None
 

@@ -176,3 +176,19 @@ async def test_jobs_of_a_pool_that_went_offline(script: WorkerScript, expected: 
             assert status["error"]["code"] == "WORKER_FAILED"
         pools = (await client.get("/v2/pools")).json()["pools"]
         assert pools[0]["status"] == "offline"
+
+
+async def test_the_daemon_sends_each_pool_the_token_it_registered_with() -> None:
+    config = make_config(
+        mode="lab", auth={"clients": [{"token": OPERATOR}], "pool_tokens": [POOL, POOL2]}
+    )
+    app = create_app(config, store=MemoryStore(), worker_client=ScriptedWorkerClient())
+    async with running_app(app) as client:
+        for pool_id, token in (("pool-a", POOL), ("pool-b", POOL2)):
+            body = {**pool_registration(pool_id), "endpoint": f"http://{pool_id}:9000"}
+            r = await client.post("/v2/pools/register", json=body, headers=bearer(token))
+            assert r.status_code == 200, r.text
+        pool_client = app.state.orchestrator.ctx.pool_client
+        assert pool_client.token_for("http://pool-a:9000") == POOL
+        assert pool_client.token_for("http://pool-b:9000") == POOL2
+        assert pool_client.token_for("http://unknown:9000") is None  # never another's

@@ -76,6 +76,14 @@ class Fleet:
 
     # -- pools -----------------------------------------------------------------------------
 
+    def fingerprint_at(self, endpoint: str) -> str | None:
+        """The fingerprint of the token the pool at ``endpoint`` registered with (the pool
+        client sends that pool the configured token it belongs to)."""
+        for pool in self.ctx.cluster.pools():
+            if pool.endpoint == endpoint:
+                return self.pool_tokens.get(pool.pool_id)
+        return None
+
     def register(self, reg: PoolRegistration, principal: Principal) -> PoolInfo:
         """``POST /v2/pools/register``; POOL_CONFLICT if a live pool holds the id elsewhere."""
         info = self.rules.registered(reg, self.ctx.cluster.pool(reg.pool_id), self.ctx.clock())
@@ -293,8 +301,11 @@ class Fleet:
 
     async def _flush_forever(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that comes
+            # as the event is set, and the daemon's stop would wait for this task forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.flush_interval_s)
+                async with asyncio.timeout(self.flush_interval_s):
+                    await self._flush_now.wait()
             self._flush_now.clear()
             await self.flush()
 
